@@ -1,0 +1,43 @@
+# Two commands on a fresh machine with only python3.11 and make: `make demo` and `make test`.
+PYTHON ?= python3.11
+BOOT := .uv-bootstrap
+UV_VERSION := 0.13.9
+UV := $(shell command -v uv 2>/dev/null || echo $(BOOT)/bin/uv)
+SCALE ?= quick
+export UV_PYTHON := $(PYTHON)
+export UV_PYTHON_DOWNLOADS := never
+
+.PHONY: demo test test-slow lint format sync bench bench-env clean
+
+$(BOOT)/bin/uv:
+	$(PYTHON) -m venv $(BOOT)
+	$(BOOT)/bin/pip install --quiet "uv==$(UV_VERSION)"
+
+sync: $(if $(findstring $(BOOT),$(UV)),$(BOOT)/bin/uv)
+	$(UV) sync --locked
+
+demo: sync
+	$(UV) run --locked --no-sync python -m experiments reproduce --scale $(SCALE)
+
+test: sync
+	$(UV) run --locked --no-sync ruff check .
+	$(UV) run --locked --no-sync ruff format --check .
+	$(UV) run --locked --no-sync pytest -n 2
+
+test-slow: sync
+	$(UV) run --locked --no-sync pytest -n 2 -m slow
+
+lint: sync
+	$(UV) run --locked --no-sync ruff check --fix .
+	$(UV) run --locked --no-sync ruff format .
+
+# Peer environments that conflict with our locked JAX (see DESIGN.md, "Benchmarks contract").
+bench-env: sync
+	$(UV) sync --locked --group bench
+	bash benchmarks/make_envs.sh
+
+bench: bench-env
+	$(UV) run --locked --no-sync python -m benchmarks --quick
+
+clean:
+	rm -rf $(BOOT) .venv .bench-envs results

@@ -1,0 +1,31 @@
+"""respax.core: pytree linear operators, inverse solvers and the model/output-loss contract."""
+
+from ._custom_types import (
+    BoolScalar as BoolScalar,
+    IntScalar as IntScalar,
+    Matvec as Matvec,
+    Operator as Operator,
+    Params as Params,
+    Scalar as Scalar,
+    ScalarLike as ScalarLike,
+    Vector as Vector,
+)
+from ._errors import (
+    check_positive as check_positive,
+    check_positive_int as check_positive_int,
+    check_same_structure as check_same_structure,
+)
+from ._losses import (
+    BernoulliLoss as BernoulliLoss,
+    GaussianLoss as GaussianLoss,
+    OutputLoss as OutputLoss,
+    SoftmaxCrossEntropy as SoftmaxCrossEntropy,
+)
+from ._operators import hessian_operator as hessian_operator, hvp as hvp
+from ._solvers import (
+    SolveInfo as SolveInfo,
+    as_matvec as as_matvec,
+    conjugate_gradient as conjugate_gradient,
+    lissa as lissa,
+    neumann_series as neumann_series,
+)
