@@ -1,4 +1,4 @@
-"""Input checks that raise clear errors naming the argument (used outside `jit`, on static values)."""
+"""Input checks that raise clear errors naming the argument (outside `jit`, on static values)."""
 
 import jax
 import numpy as np

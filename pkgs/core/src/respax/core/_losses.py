@@ -1,9 +1,9 @@
-"""Output losses: the per-example loss on model outputs, its output-space Hessian square root and a
-label sampler. Together with `apply(params, x) -> outputs` they are the model/loss contract shared by
-`respax.curvature`, `respax.interp` and the experiments.
+"""Output losses: the per-example loss on model outputs, its output-space Hessian square root
+and a label sampler. Together with `apply(params, x) -> outputs` they are the model/loss contract
+shared by `respax.curvature`, `respax.interp` and the experiments.
 
-For these canonical (exponential-family, natural-parameter) losses the output Hessian does not depend
-on the target, so the generalized Gauss-Newton matrix equals the expected Fisher.
+For these canonical (exponential-family, natural-parameter) losses the output Hessian does not
+depend on the target, so the generalized Gauss-Newton matrix equals the expected Fisher.
 """
 
 import abc

@@ -31,7 +31,9 @@ def hvp(loss_fn: Callable[..., Any], params: Params, tangent: Vector, *args: Any
     return jax.jvp(grad_fn, (params,), (tangent,))[1]
 
 
-def hessian_operator(loss_fn: Callable[..., Any], params: Params, *args: Any) -> lx.FunctionLinearOperator:
+def hessian_operator(
+    loss_fn: Callable[..., Any], params: Params, *args: Any
+) -> lx.FunctionLinearOperator:
     """The Hessian of `loss_fn(params, *args)` in `params` as a symmetric lineax operator.
 
     `operator.mv(v)` is one Hessian-vector product; the operator works with every respax solver and
