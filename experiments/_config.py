@@ -1,0 +1,132 @@
+"""Typed `key=value` command-line overrides of an experiment's config dataclass."""
+
+import dataclasses
+import types
+import typing
+from typing import Any
+
+_TRUE = {"true", "1"}
+_FALSE = {"false", "0"}
+_NONE = {"none", "null"}
+
+
+class OverrideError(ValueError):
+    """A bad override; the message is one line and lists the valid keys."""
+
+
+def type_name(annotation: Any) -> str:
+    """`int`, `tuple[float, ...]`, `int | None`: how an annotation reads on the command line."""
+    if isinstance(annotation, type) and typing.get_origin(annotation) is None:
+        return annotation.__name__
+    return str(annotation).replace("typing.", "")
+
+
+def field_types(config_type: type) -> dict[str, Any]:
+    """The config fields (init=True) and their resolved annotations, in declaration order."""
+    hints = typing.get_type_hints(config_type)
+    return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(config_type) if f.init}
+
+
+def describe_fields(config_type: type) -> str:
+    """`"steps: int, lr: float, ..."` for error messages."""
+    return ", ".join(f"{k}: {type_name(t)}" for k, t in field_types(config_type).items())
+
+
+def parse_value(text: str, annotation: Any) -> Any:
+    """Parse one override value by its field's annotation.
+
+    Supported: int, float, bool (true/false/1/0), str, `tuple[T, ...]` and `tuple[T1, T2]` as
+    comma lists (optionally in parentheses or brackets; "" is the empty tuple), and `T | None`
+    ("none").
+
+    Raises:
+        ValueError: the text does not parse as the annotation.
+
+    Example:
+        >>> parse_value("1,2,3", tuple[int, ...])
+        (1, 2, 3)
+    """
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if text.strip().lower() in _NONE and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return parse_value(text, arg)
+            except ValueError:
+                pass
+        raise ValueError(text)
+    if origin is tuple:
+        body = text.strip()
+        if body[:1] + body[-1:] in ("()", "[]"):
+            body = body[1:-1]
+        items = [s.strip() for s in body.split(",")] if body.strip() else []
+        if items and items[-1] == "":  # trailing comma, "(1,)"
+            items = items[:-1]
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(parse_value(s, args[0]) for s in items)
+        if len(items) != len(args):
+            raise ValueError(text)
+        return tuple(parse_value(s, a) for s, a in zip(items, args, strict=True))
+    if annotation is bool:
+        lowered = text.strip().lower()
+        if lowered in _TRUE:
+            return True
+        if lowered in _FALSE:
+            return False
+        raise ValueError(text)
+    if annotation is int:
+        return int(text.strip())
+    if annotation is float:
+        return float(text.strip())
+    if annotation is str:
+        return text
+    raise ValueError(f"fields of type {type_name(annotation)} cannot be set from the command line")
+
+
+def apply_overrides(cfg: Any, items: list[str], experiment: str) -> tuple[Any, dict[str, Any]]:
+    """Apply `key=value` strings to a frozen config dataclass.
+
+    Args:
+        cfg: the scale's config instance.
+        items: command-line strings "key=value".
+        experiment: the experiment's name, for messages.
+
+    Returns:
+        (new config, {key: parsed value}).
+
+    Raises:
+        OverrideError: malformed item, unknown key or a value of the wrong type (one line,
+            listing the valid keys with their types).
+
+    Example:
+        >>> apply_overrides(cfg, ["steps=100", "lr=0.1"], "toy")  # doctest: +SKIP
+    """
+    fields = field_types(type(cfg))
+    valid = f"valid keys: {describe_fields(type(cfg))}"
+    parsed: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise OverrideError(f"override {item!r} is not key=value; {valid}")
+        if key not in fields:
+            raise OverrideError(
+                f"unknown config key {key!r} for experiment {experiment!r}; {valid}"
+            )
+        annotation = fields[key]
+        try:
+            parsed[key] = parse_value(text, annotation)
+        except ValueError:
+            raise OverrideError(
+                f"bad value for {key!r} in experiment {experiment!r}: expected "
+                f"{type_name(annotation)}, got {text!r}; {valid}"
+            ) from None
+    try:
+        new = dataclasses.replace(cfg, **parsed)
+    except (TypeError, ValueError) as e:
+        raise OverrideError(f"invalid config for experiment {experiment!r}: {e}") from None
+    return new, parsed
