@@ -7,7 +7,7 @@ SCALE ?= quick
 export UV_PYTHON := $(PYTHON)
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: demo test test-slow lint format sync bench bench-env clean
+.PHONY: demo test test-slow lint format sync bench bench-env readme clean
 
 $(BOOT)/bin/uv:
 	$(PYTHON) -m venv $(BOOT)
@@ -18,6 +18,10 @@ sync: $(if $(findstring $(BOOT),$(UV)),$(BOOT)/bin/uv)
 
 demo: sync
 	$(UV) run --locked --no-sync python -m experiments reproduce --scale $(SCALE)
+
+# Copy the claims tables of results/REPORT.md into README.md's results section.
+readme: sync
+	$(UV) run --locked --no-sync python -m experiments.readme
 
 test: sync
 	$(UV) run --locked --no-sync ruff check .
