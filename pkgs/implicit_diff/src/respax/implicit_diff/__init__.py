@@ -1,0 +1,36 @@
+"""respax.implicit_diff: unrolled and implicit hypergradients, implicit root/fixed-point/argmin
+wrappers on a custom JVP, and cold-start / warm-start bilevel loops (Vicol et al. 2022)."""
+
+from ._bilevel import (
+    BilevelConfig as BilevelConfig,
+    BilevelHistory as BilevelHistory,
+    BilevelState as BilevelState,
+    bilevel_init as bilevel_init,
+    bilevel_optimize as bilevel_optimize,
+    bilevel_run as bilevel_run,
+)
+from ._hypergradient import (
+    FullUnroll as FullUnroll,
+    HypergradInfo as HypergradInfo,
+    Implicit as Implicit,
+    TruncatedUnroll as TruncatedUnroll,
+    hypergradient as hypergradient,
+)
+from ._inner import (
+    InnerInfo as InnerInfo,
+    run_inner_optimizer as run_inner_optimizer,
+    solve_inner as solve_inner,
+)
+from ._root import (
+    implicit_argmin as implicit_argmin,
+    implicit_fixed_point as implicit_fixed_point,
+    implicit_root as implicit_root,
+)
+from ._solves import (
+    CG as CG,
+    AbstractLinearSolve as AbstractLinearSolve,
+    DenseSolve as DenseSolve,
+    IdentitySolve as IdentitySolve,
+    LineaxSolve as LineaxSolve,
+    Neumann as Neumann,
+)

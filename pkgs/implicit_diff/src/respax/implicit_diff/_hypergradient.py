@@ -1,0 +1,305 @@
+"""One hypergradient interface: full and truncated unrolling, and the implicit function theorem.
+
+The bilevel problem: inner parameters `w*(u) in argmin_w f(u, w)`, and the total derivative of the
+outer objective `F(u, w*(u))` in the outer parameters `u`:
+
+    dF/du = d_u F - (d_u d_w f) [d_w d_w f]^{-1} d_w F          (implicit function theorem)
+
+`hypergradient(outer_loss, inner_loss, u, w, method)` returns it by the chosen `method`:
+
+- `FullUnroll(optimizer, T)`: run T optimizer steps on f from `w` and backpropagate through all of
+  them (what the hypergradient of "T steps of training" really is, converged or not);
+- `TruncatedUnroll(optimizer, T, K)`: the same T steps, backpropagating through the last K only;
+- `Implicit(solve)`: the IFT at `w` (taken to be the inner solution) with an inner-Hessian solve
+  `Neumann(K, alpha) | CG(K or tol) | DenseSolve | LineaxSolve | IdentitySolve`.
+"""
+
+from collections.abc import Callable
+from typing import Literal, NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import optax
+import optax.tree as otu
+from jaxtyping import Array, Bool, Float, Int, PyTree
+
+from respax.core import check_positive, check_positive_int
+
+from ._inner import check_optimizer, run_inner_optimizer
+from ._solves import CG, AbstractLinearSolve, check_solve
+
+
+class FullUnroll(eqx.Module):
+    """Backpropagate through all `num_steps` steps of `optimizer` on the inner objective.
+
+    Memory is linear in `num_steps`; `checkpoint_branching=b` (an integer >= 2) rematerializes
+    nested chunks for O(b log T) memory at O(T log T) compute.
+
+    Example:
+        >>> import optax
+        >>> from respax.implicit_diff import FullUnroll
+        >>> method = FullUnroll(optax.sgd(0.1), num_steps=100)
+    """
+
+    optimizer: optax.GradientTransformation = eqx.field(static=True)
+    num_steps: int = eqx.field(static=True)
+    checkpoint_branching: int | None = eqx.field(static=True, default=None)
+
+    def __check_init__(self):
+        check_optimizer("optimizer", self.optimizer)
+        check_positive_int("num_steps", self.num_steps)
+        if self.checkpoint_branching is not None:
+            check_positive_int("checkpoint_branching", self.checkpoint_branching)
+            if self.checkpoint_branching < 2:
+                raise ValueError("`checkpoint_branching` must be None or an integer >= 2.")
+
+
+class TruncatedUnroll(eqx.Module):
+    """Run `num_steps` inner steps and backpropagate through the last `backprop_steps` only.
+
+    Example:
+        >>> import optax
+        >>> from respax.implicit_diff import TruncatedUnroll
+        >>> method = TruncatedUnroll(optax.sgd(0.1), num_steps=100, backprop_steps=10)
+    """
+
+    optimizer: optax.GradientTransformation = eqx.field(static=True)
+    num_steps: int = eqx.field(static=True)
+    backprop_steps: int = eqx.field(static=True)
+
+    def __check_init__(self):
+        check_optimizer("optimizer", self.optimizer)
+        check_positive_int("num_steps", self.num_steps)
+        check_positive_int("backprop_steps", self.backprop_steps)
+        if self.backprop_steps > self.num_steps:
+            raise ValueError(
+                f"`backprop_steps` ({self.backprop_steps}) must be <= `num_steps` "
+                f"({self.num_steps})."
+            )
+
+
+class Implicit(eqx.Module):
+    """The implicit function theorem at the given inner parameters, with an inner-Hessian solve.
+
+    `solve` is a spec from this package (`Neumann`, `CG`, `DenseSolve`, `LineaxSolve`,
+    `IdentitySolve`). For singular inner Hessians (overparameterized inner problems), `CG` from
+    zero and `DenseSolve("pinv")` give the minimum-norm solve.
+
+    Example:
+        >>> from respax.implicit_diff import CG, Implicit
+        >>> method = Implicit(CG(max_iterations=100, tol=1e-10))
+    """
+
+    solve: AbstractLinearSolve = CG(max_iterations=100, tol=1e-10)
+
+    def __check_init__(self):
+        check_solve("solve", self.solve)
+
+
+Method = FullUnroll | TruncatedUnroll | Implicit
+
+
+class HypergradInfo(NamedTuple):
+    """Diagnostics returned next to a hypergradient."""
+
+    inner_params: PyTree  # w at which F was evaluated: w itself (Implicit) or w_T (unrolled)
+    outer_loss: Float[Array, ""]  # F(u, inner_params)
+    inner_grad_norm: Float[Array, ""]  # ||grad_w f(u, inner_params)||
+    linear_residual_norm: Float[Array, ""]  # ||H v - grad_w F|| of the IFT solve (0 if unrolled)
+    matvecs: Int[Array, ""]  # inner-Hessian products spent by the solve (0 if unrolled)
+    inner_converged: Bool[Array, ""]  # inner_grad_norm <= inner_tol (True without inner_tol)
+
+
+def _check_scalar_fn(name: str, fn: Callable, u, w) -> None:
+    if not callable(fn):
+        raise TypeError(f"`{name}` must be a callable (u, w) -> scalar, got {type(fn).__name__}.")
+    try:
+        out = jax.eval_shape(fn, u, w)
+    except Exception as err:  # noqa: BLE001 - re-raised with the argument named
+        raise ValueError(
+            f"`{name}(outer_params, inner_params)` failed on the given pytrees; check that "
+            f"`outer_params` and `inner_params` have the structure `{name}` expects: {err}"
+        ) from err
+    if not (hasattr(out, "shape") and out.shape == ()):
+        raise ValueError(f"`{name}` must return a scalar, got {out}.")
+    if not jnp.issubdtype(out.dtype, jnp.floating):
+        raise ValueError(f"`{name}` must return a floating-point scalar, got dtype {out.dtype}.")
+
+
+def _check_float_tree(name: str, tree) -> None:
+    leaves = jax.tree.leaves(tree)
+    if not leaves:
+        raise ValueError(f"`{name}` must contain at least one array.")
+    for leaf in leaves:
+        if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
+            raise TypeError(
+                f"`{name}` must be a pytree of floating-point arrays, got a leaf of dtype "
+                f"{jnp.result_type(leaf)}."
+            )
+
+
+def _inner_grad_fn(inner_loss: Callable) -> Callable:
+    return jax.grad(inner_loss, argnums=1)
+
+
+def _apply_check(hypergrad, converged, on_unconverged: str, inner_tol):
+    if inner_tol is None:
+        return hypergrad
+    if on_unconverged == "raise":
+        return eqx.error_if(
+            hypergrad,
+            ~converged,
+            "hypergradient: the inner problem is not converged (||grad_w f(u, w)|| > inner_tol); "
+            "the implicit function theorem does not apply at this w. Run the inner solver longer "
+            "or raise inner_tol.",
+        )
+    if on_unconverged == "nan":
+        return jax.tree.map(lambda g: jnp.where(converged, g, jnp.nan), hypergrad)
+    return hypergrad
+
+
+def _implicit(outer_loss, inner_loss, u, w, solve: AbstractLinearSolve):
+    outer_value, (grad_u, grad_w) = jax.value_and_grad(outer_loss, argnums=(0, 1))(u, w)
+    grad_w_inner = _inner_grad_fn(inner_loss)
+    # One linearization of w -> grad_w f(u, w) serves every matvec of the solve.
+    inner_grad, hvp = jax.linearize(lambda ww: grad_w_inner(u, ww), w)
+    v, matvecs, residual = solve(hvp, grad_w)
+    _, cross_vjp = jax.vjp(lambda uu: grad_w_inner(uu, w), u)
+    (cross,) = cross_vjp(v)
+    hypergrad = otu.sub(grad_u, cross)
+    return hypergrad, w, outer_value, otu.norm(inner_grad), residual, matvecs
+
+
+def _unrolled(outer_loss, inner_loss, u, w, method):
+    if isinstance(method, FullUnroll):
+
+        def total(uu):
+            w_t = run_inner_optimizer(
+                inner_loss,
+                uu,
+                w,
+                method.optimizer,
+                method.num_steps,
+                checkpoint_branching=method.checkpoint_branching,
+            )
+            return outer_loss(uu, w_t), w_t
+
+    else:
+
+        def total(uu):
+            w_t = _truncated(inner_loss, uu, w, method)
+            return outer_loss(uu, w_t), w_t
+
+    (outer_value, w_t), hypergrad = jax.value_and_grad(total, has_aux=True)(u)
+    inner_grad_norm = otu.norm(_inner_grad_fn(inner_loss)(u, w_t))
+    zero = jnp.zeros((), inner_grad_norm.dtype)
+    return hypergrad, w_t, outer_value, inner_grad_norm, zero, jnp.asarray(0, jnp.int32)
+
+
+def _truncated(inner_loss, u, w0, method: TruncatedUnroll):
+    """T steps from `w0`; gradients flow through the last `backprop_steps` only.
+
+    The optimizer state of the first `T - K` steps is carried on (stop-gradiented), so the forward
+    trajectory is exactly that of `FullUnroll(optimizer, T)`.
+    """
+    optimizer = method.optimizer
+    extra_args = isinstance(optimizer, optax.GradientTransformationExtraArgs)
+
+    def make_step(uu):
+        value_fn = lambda ww: inner_loss(uu, ww)
+
+        def step(carry, _):
+            w, state = carry
+            value, grad = jax.value_and_grad(value_fn)(w)
+            extra = dict(value=value, grad=grad, value_fn=value_fn) if extra_args else {}
+            updates, state = optimizer.update(grad, state, w, **extra)
+            return (optax.apply_updates(w, updates), state), None
+
+        return step
+
+    carry = (w0, optimizer.init(w0))
+    prefix = method.num_steps - method.backprop_steps
+    if prefix > 0:
+        step = make_step(jax.lax.stop_gradient(u))
+        carry, _ = jax.lax.scan(step, carry, None, length=prefix)
+        carry = jax.lax.stop_gradient(carry)
+    (w_t, _), _ = jax.lax.scan(make_step(u), carry, None, length=method.backprop_steps)
+    return w_t
+
+
+def hypergradient(
+    outer_loss: Callable[[PyTree, PyTree], Float[Array, ""]],
+    inner_loss: Callable[[PyTree, PyTree], Float[Array, ""]],
+    outer_params: PyTree,
+    inner_params: PyTree,
+    method: Method,
+    *,
+    inner_tol: float | None = None,
+    on_unconverged: Literal["raise", "nan", "flag"] = "raise",
+) -> tuple[PyTree, HypergradInfo]:
+    """The hypergradient `d F(u, w*(u)) / du` by unrolling or by the implicit function theorem.
+
+    Args:
+        outer_loss: `F(u, w) -> scalar` (the validation / outer objective).
+        inner_loss: `f(u, w) -> scalar` (the training / inner objective), minimized over `w`.
+        outer_params: u, a pytree of float arrays.
+        inner_params: w. For `Implicit`, the inner solution (e.g. from `solve_inner`); for
+            `FullUnroll` / `TruncatedUnroll`, the inner initialization the steps start from
+            (its gradient is not taken: the result is zero in `w_init`, by construction).
+        method: `FullUnroll`, `TruncatedUnroll` or `Implicit`.
+        inner_tol: opt-in convergence check: when set, the inner problem counts as converged when
+            `||grad_w f(u, w)|| <= inner_tol` at the w where F is evaluated.
+        on_unconverged: what an unconverged inner problem does when `inner_tol` is set:
+            `"raise"` (an `eqx.error_if` runtime error, also inside jit), `"nan"` (a NaN
+            hypergradient) or `"flag"` (only `info.inner_converged`).
+
+    Returns:
+        `(hypergrad, info)`: the hypergradient, a pytree like `outer_params`, and a
+        `HypergradInfo` with the inner params used, F, the inner gradient norm, the IFT solve's
+        residual and matvec count, and the convergence flag.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from respax.implicit_diff import DenseSolve, Implicit, hypergradient
+        >>> inner = lambda u, w: 0.5 * jnp.sum((w - u) ** 2)  # w*(u) = u
+        >>> outer = lambda u, w: 0.5 * jnp.sum(w**2)  # F(u, w*(u)) = |u|^2 / 2
+        >>> g, info = hypergradient(outer, inner, jnp.ones(2), jnp.ones(2), Implicit(DenseSolve()))
+        >>> g
+        Array([1., 1.], dtype=float32)
+    """
+    if not isinstance(method, FullUnroll | TruncatedUnroll | Implicit):
+        raise TypeError(
+            "`method` must be FullUnroll, TruncatedUnroll or Implicit, got "
+            f"{type(method).__name__}."
+        )
+    if on_unconverged not in ("raise", "nan", "flag"):
+        raise ValueError(
+            f"`on_unconverged` must be 'raise', 'nan' or 'flag', got {on_unconverged!r}."
+        )
+    if inner_tol is not None:
+        check_positive("inner_tol", inner_tol)
+    _check_float_tree("outer_params", outer_params)
+    _check_float_tree("inner_params", inner_params)
+    _check_scalar_fn("outer_loss", outer_loss, outer_params, inner_params)
+    _check_scalar_fn("inner_loss", inner_loss, outer_params, inner_params)
+
+    if isinstance(method, Implicit):
+        out = _implicit(outer_loss, inner_loss, outer_params, inner_params, method.solve)
+    else:
+        out = _unrolled(outer_loss, inner_loss, outer_params, inner_params, method)
+    hypergrad, w_used, outer_value, inner_grad_norm, residual, matvecs = out
+    if inner_tol is None:
+        converged = jnp.asarray(True)
+    else:
+        converged = inner_grad_norm <= inner_tol
+    hypergrad = _apply_check(hypergrad, converged, on_unconverged, inner_tol)
+    info = HypergradInfo(
+        inner_params=w_used,
+        outer_loss=outer_value,
+        inner_grad_norm=inner_grad_norm,
+        linear_residual_norm=residual,
+        matvecs=jnp.asarray(matvecs, jnp.int32),
+        inner_converged=converged,
+    )
+    return hypergrad, info

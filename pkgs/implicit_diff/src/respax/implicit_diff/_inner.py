@@ -1,0 +1,211 @@
+"""Running an optax optimizer on the inner objective: a fixed number of steps (differentiable,
+optionally with O(log T)-memory checkpointing) or until the gradient norm reaches a tolerance."""
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+import optax.tree as otu
+from jaxtyping import Array, Bool, Float, Int, PyTree
+
+from respax.core import check_positive, check_positive_int
+
+
+class InnerInfo(NamedTuple):
+    """Diagnostics of an inner solve."""
+
+    steps: Int[Array, ""]  # optimizer steps taken
+    grad_norm: Float[Array, ""]  # ||grad_w f(u, w)|| at the returned w
+    converged: Bool[Array, ""]  # grad_norm <= tol
+
+
+def check_optimizer(name: str, optimizer: Any) -> None:
+    if not isinstance(optimizer, optax.GradientTransformation):
+        raise TypeError(
+            f"`{name}` must be an optax.GradientTransformation (e.g. optax.sgd(0.1)), "
+            f"got {type(optimizer).__name__}."
+        )
+
+
+def _extra_args(optimizer, value, grad, value_fn) -> dict:
+    if isinstance(optimizer, optax.GradientTransformationExtraArgs):
+        return dict(value=value, grad=grad, value_fn=value_fn)
+    return {}
+
+
+def _make_step(inner_loss: Callable, optimizer, u) -> Callable:
+    value_fn = lambda w: inner_loss(u, w)
+
+    def step(carry):
+        w, state = carry
+        value, grad = jax.value_and_grad(value_fn)(w)
+        updates, state = optimizer.update(
+            grad, state, w, **_extra_args(optimizer, value, grad, value_fn)
+        )
+        return optax.apply_updates(w, updates), state
+
+    return step
+
+
+def _scan_steps(step: Callable, carry, num_steps: int):
+    if num_steps == 0:
+        return carry
+    return jax.lax.scan(lambda c, _: (step(c), None), carry, None, length=num_steps)[0]
+
+
+def _checkpointed_steps(step: Callable, carry, num_steps: int, branching: int):
+    """`num_steps` steps as nested scans over rematerialized chunks.
+
+    Each level keeps at most `branching` carries for the backward pass and there are
+    `ceil(log_branching T)` levels, so reverse-mode memory is O(branching log T) carries for
+    O(T log T) compute.
+    """
+    if num_steps <= branching:
+        return _scan_steps(step, carry, num_steps)
+    chunk = 1
+    while chunk * branching < num_steps:
+        chunk *= branching
+    num_chunks, remainder = divmod(num_steps, chunk)
+
+    @jax.checkpoint
+    def run_chunk(c):
+        return _checkpointed_steps(step, c, chunk, branching)
+
+    carry = _scan_steps(run_chunk, carry, num_chunks)
+    return _checkpointed_steps(step, carry, remainder, branching) if remainder else carry
+
+
+def run_inner_optimizer(
+    inner_loss: Callable[[PyTree, PyTree], Float[Array, ""]],
+    outer_params: PyTree,
+    inner_params: PyTree,
+    optimizer: optax.GradientTransformation,
+    num_steps: int,
+    *,
+    checkpoint_branching: int | None = None,
+) -> PyTree:
+    """Run `num_steps` steps of `optimizer` on `w -> inner_loss(outer_params, w)`.
+
+    The steps are a `lax.scan`, differentiable in `outer_params` and `inner_params` (this is what
+    unrolled hypergradients backpropagate through). With `checkpoint_branching=b` the steps are
+    nested rematerialized scans: reverse-mode memory grows like `b log_b(T)` instead of `T`.
+    The optimizer state is initialized fresh.
+
+    Args:
+        inner_loss: `inner_loss(u, w) -> scalar`.
+        outer_params: u.
+        inner_params: the starting w.
+        optimizer: an optax transformation (extra args `value`, `grad`, `value_fn` are passed to
+            `GradientTransformationExtraArgs`).
+        num_steps: T >= 0.
+        checkpoint_branching: None (plain scan) or an integer >= 2.
+
+    Returns:
+        w after T steps.
+
+    Example:
+        >>> import jax.numpy as jnp, optax
+        >>> from respax.implicit_diff import run_inner_optimizer
+        >>> f = lambda u, w: 0.5 * jnp.sum((w - u) ** 2)
+        >>> run_inner_optimizer(f, jnp.ones(2), jnp.zeros(2), optax.sgd(0.5), 2)
+        Array([0.75, 0.75], dtype=float32)
+    """
+    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 0:
+        raise ValueError(f"`num_steps` must be an integer >= 0, got {num_steps!r}.")
+    check_optimizer("optimizer", optimizer)
+    step = _make_step(inner_loss, optimizer, outer_params)
+    carry = (inner_params, optimizer.init(inner_params))
+    if checkpoint_branching is None:
+        carry = _scan_steps(step, carry, num_steps)
+    else:
+        if (
+            isinstance(checkpoint_branching, bool)
+            or not isinstance(checkpoint_branching, int)
+            or checkpoint_branching < 2
+        ):
+            raise ValueError(
+                f"`checkpoint_branching` must be None or an integer >= 2, got "
+                f"{checkpoint_branching!r}."
+            )
+        carry = _checkpointed_steps(step, carry, num_steps, checkpoint_branching)
+    return carry[0]
+
+
+def _has_stored_value_and_grad(state) -> bool:
+    try:
+        value = otu.get(state, "value", default=None)
+        grad = otu.get(state, "grad", default=None)
+    except (KeyError, ValueError):
+        return False
+    return value is not None and grad is not None
+
+
+def solve_inner(
+    inner_loss: Callable[[PyTree, PyTree], Float[Array, ""]],
+    outer_params: PyTree,
+    inner_params: PyTree,
+    optimizer: optax.GradientTransformation,
+    *,
+    max_steps: int,
+    tol: float = 0.0,
+) -> tuple[PyTree, InnerInfo]:
+    """Minimize `w -> inner_loss(outer_params, w)` until `||grad|| <= tol` or `max_steps` steps.
+
+    A `lax.while_loop` (not reverse-differentiable: differentiate its solution with
+    `hypergradient(..., Implicit(...))` or `implicit_root`). Works with optax's L-BFGS: when the
+    optimizer state stores the value and gradient of its line search, they are reused
+    (`optax.value_and_grad_from_state`), so each step costs one line search.
+
+    Args:
+        inner_loss: `inner_loss(u, w) -> scalar`.
+        outer_params: u.
+        inner_params: the starting w.
+        optimizer: an optax transformation, e.g. `optax.lbfgs()`.
+        max_steps: the step budget (>= 1).
+        tol: stop when the gradient norm is <= tol (0 runs the whole budget).
+
+    Returns:
+        `(w, InnerInfo(steps, grad_norm, converged))`.
+
+    Example:
+        >>> import jax.numpy as jnp, optax
+        >>> from respax.implicit_diff import solve_inner
+        >>> f = lambda u, w: 0.5 * jnp.sum((w - u) ** 2)
+        >>> w, info = solve_inner(f, jnp.ones(2), jnp.zeros(2), optax.lbfgs(),
+        ...                       max_steps=10, tol=1e-6)
+        >>> w, bool(info.converged)
+        (Array([1., 1.], dtype=float32), True)
+    """
+    check_positive_int("max_steps", max_steps)
+    check_positive("tol", tol, allow_zero=True)
+    check_optimizer("optimizer", optimizer)
+    value_fn = lambda w: inner_loss(outer_params, w)
+    state0 = optimizer.init(inner_params)
+    from_state = _has_stored_value_and_grad(state0)
+    value_and_grad = (
+        optax.value_and_grad_from_state(value_fn) if from_state else jax.value_and_grad(value_fn)
+    )
+
+    def vg(w, state):
+        return value_and_grad(w, state=state) if from_state else value_and_grad(w)
+
+    def cond(carry):
+        _, _, _, grad, k = carry
+        return (k < max_steps) & (otu.norm(grad) > tol)
+
+    def body(carry):
+        w, state, value, grad, k = carry
+        updates, state = optimizer.update(
+            grad, state, w, **_extra_args(optimizer, value, grad, value_fn)
+        )
+        w = optax.apply_updates(w, updates)
+        value, grad = vg(w, state)
+        return w, state, value, grad, k + 1
+
+    value0, grad0 = vg(inner_params, state0)
+    init = (inner_params, state0, value0, grad0, jnp.asarray(0, jnp.int32))
+    w, _, _, grad, k = jax.lax.while_loop(cond, body, init)
+    grad_norm = otu.norm(grad)
+    return w, InnerInfo(steps=k, grad_norm=grad_norm, converged=grad_norm <= tol)
