@@ -1,0 +1,262 @@
+"""respax.interp EK-FAC influence vs kronfluence on the digits MLP (interp.md §4).
+
+Model and data (fixed here): scikit-learn digits, standardized, 1,000 train / 100 queries;
+64-64-64-10 ReLU MLP (8,970 parameters) trained with SGD + momentum 0.9 (lr 0.05, batch 50,
+60 epochs, seed 0). Both libraries score the same trained weights.
+
+Reported:
+- fit + score wall time (EK-FAC factors, then 100 x 1,000 scores at damping 1e-3), ours after
+  compilation, kronfluence inside its subprocess (import excluded); medians over interleaved reps;
+- accuracy: the mean over the 100 queries of the per-query Pearson (over the 1,000 training points)
+  against the exact block-diagonal damped-GGN influence (GGN = mean over examples, float64) at
+  damping 1e-5 and 1e-3;
+- refit agreement: Pearson of the flattened scores of two independent factor fits (damping 1e-3).
+
+kronfluence runs in `.bench-envs/kronfluence` (`make bench-env`); without it the peer columns are
+reported as missing. `--quick` (< 3 minutes) uses 3 reps, the default 5.
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+PEER_PY = ROOT / ".bench-envs" / "kronfluence" / "bin" / "python"
+PEER_SCRIPT = Path(__file__).resolve().parent / "envs" / "kronfluence" / "peer.py"
+DAMPINGS = (1e-3, 1e-5)
+
+
+def _data_and_model():
+    import equinox as eqx
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    perm = np.random.default_rng(0).permutation(len(x))
+    x, y = x[perm].astype(np.float32), y[perm].astype(np.int32)
+    x = (x - x[:1000].mean(0)) / (x[:1000].std(0) + 1e-6)
+    train = (jnp.asarray(x[:1000]), jnp.asarray(y[:1000]))
+    query = (jnp.asarray(x[1000:1100]), jnp.asarray(y[1000:1100]))
+    model = eqx.nn.MLP(64, 10, 64, 2, activation=jax.nn.relu, key=jax.random.key(0))
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    opt = optax.sgd(0.05, momentum=0.9)
+
+    def loss_fn(p, xb, yb):
+        logits = jax.vmap(eqx.combine(p, static))(xb)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
+
+    @jax.jit
+    def epoch(carry, key):
+        p, s = carry
+        idx = jax.random.permutation(key, 1000).reshape(20, 50)
+
+        def step(c, b):
+            p, s = c
+            g = jax.grad(loss_fn)(p, train[0][b], train[1][b])
+            u, s = opt.update(g, s, p)
+            return (optax.apply_updates(p, u), s), None
+
+        return jax.lax.scan(step, (p, s), idx)[0]
+
+    carry = (params, opt.init(params))
+    for e in range(60):
+        carry = epoch(carry, jax.random.fold_in(jax.random.key(1), e))
+    model = eqx.combine(carry[0], static)
+    acc = lambda d: float(jnp.mean(jnp.argmax(jax.vmap(model)(d[0]), -1) == d[1]))
+    return model, train, query, acc(train), acc(query)
+
+
+def _pearson_rows(a, b):
+    a = a - a.mean(1, keepdims=True)
+    b = b - b.mean(1, keepdims=True)
+    return float(np.mean((a * b).sum(1) / np.sqrt((a * a).sum(1) * (b * b).sum(1))))
+
+
+def _flat_corr(a, b):
+    return float(np.corrcoef(np.ravel(a), np.ravel(b))[0, 1])
+
+
+def _run_peer(npz: str, out: str) -> dict | None:
+    cmd = [
+        str(PEER_PY),
+        str(PEER_SCRIPT),
+        "--data",
+        npz,
+        "--out",
+        out,
+        "--dampings",
+        ",".join(str(d) for d in DAMPINGS),
+    ]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        print("kronfluence peer failed:\n" + res.stderr[-2000:], file=sys.stderr)
+        return None
+    import json
+
+    meta = json.loads(Path(out + ".json").read_text())
+    scores = np.load(out)
+    meta["scores"] = [scores[f"scores_{i}"] for i in range(len(DAMPINGS))]
+    return meta
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--json")
+    ap.add_argument("--reps", type=int, default=None)
+    ap.add_argument("--no-peer", action="store_true", help="skip kronfluence")
+    args = ap.parse_args()
+    reps = args.reps or (3 if args.quick else 5)
+    load_at_start = os.getloadavg()[0]
+
+    import equinox as eqx
+    import jax
+    import jax.numpy as jnp
+
+    from respax.core import SoftmaxCrossEntropy
+    from respax.interp import EKFAC, Exact, fit_factors, pairwise_scores
+
+    model, train, query, train_acc, query_acc = _data_and_model()
+    loss = SoftmaxCrossEntropy()
+    apply = lambda m, x: m(x)
+    print(f"digits MLP: train acc {train_acc:.3f}, query acc {query_acc:.3f}")
+
+    # The exact oracle: float64 block-diagonal damped GGN (one Cholesky per block and damping).
+    jax.config.update("jax_enable_x64", True)
+    m64 = jax.tree.map(lambda a: a.astype(jnp.float64) if eqx.is_inexact_array(a) else a, model)
+    tr64 = (train[0].astype(jnp.float64), train[1])
+    q64 = (query[0].astype(jnp.float64), query[1])
+    t0 = time.perf_counter()
+    exact = fit_factors(apply, loss, m64, tr64, strategy=Exact(block_diagonal=True, chunk_size=50))
+    oracle = [
+        np.asarray(pairwise_scores(exact, apply, loss, m64, q64, tr64, damping=d)) for d in DAMPINGS
+    ]
+    exact_s = time.perf_counter() - t0
+    del exact
+    jax.config.update("jax_enable_x64", False)
+    print(f"exact block-diagonal oracle (fit + 2 dampings, incl. compile): {exact_s:.1f} s")
+
+    def ours_fit_score():
+        f = fit_factors(apply, loss, model, train, strategy=EKFAC())
+        s = pairwise_scores(f, apply, loss, model, query, train, damping=DAMPINGS[0])
+        return f, jax.block_until_ready(s)
+
+    t0 = time.perf_counter()
+    f_ours, s_first = ours_fit_score()
+    compile_s = time.perf_counter() - t0
+    ours_scores = [
+        np.asarray(pairwise_scores(f_ours, apply, loss, model, query, train, damping=d))
+        for d in DAMPINGS
+    ]
+    f_again, s_again = ours_fit_score()
+
+    have_peer = PEER_PY.exists() and not args.no_peer
+    tmp = tempfile.mkdtemp(prefix="kronfluence-bench-")
+    npz = os.path.join(tmp, "data.npz")
+    layers = [layer for layer in model.layers]
+    np.savez(
+        npz,
+        x_train=np.asarray(train[0]),
+        y_train=np.asarray(train[1]),
+        x_query=np.asarray(query[0]),
+        y_query=np.asarray(query[1]),
+        **{f"w{i}": np.asarray(layer.weight) for i, layer in enumerate(layers)},
+        **{f"b{i}": np.asarray(layer.bias) for i, layer in enumerate(layers)},
+    )
+
+    ours_t, peer_t, peer_runs = [], [], []
+    for r in range(reps):
+        ours_t += _common.time_calls(ours_fit_score, 1)
+        if have_peer:
+            res = _run_peer(npz, os.path.join(tmp, f"peer{r}.npz"))
+            if res is not None:
+                peer_runs.append(res)
+                peer_t.append(res["times"]["fit_s"] + res["times"]["score_s"])
+
+    out = {
+        "ours_fit_score_s": _common.median(ours_t),
+        "ours_fit_score_min_s": min(ours_t),
+        "ours_first_call_s": compile_s,
+        "exact_oracle_s": exact_s,
+        "ours_pearson_exact_d1e3": _pearson_rows(ours_scores[0], oracle[0]),
+        "ours_pearson_exact_d1e5": _pearson_rows(ours_scores[1], oracle[1]),
+        "ours_refit_corr": _flat_corr(np.asarray(s_first), np.asarray(s_again)),
+        "train_accuracy": train_acc,
+        "query_accuracy": query_acc,
+        "reps": reps,
+    }
+    if peer_runs:
+        out.update(
+            {
+                "kronfluence_fit_score_s": _common.median(peer_t),
+                "kronfluence_fit_score_min_s": min(peer_t),
+                "ours_over_kronfluence_time": out["ours_fit_score_s"] / _common.median(peer_t),
+                "kronfluence_pearson_exact_d1e3": float(
+                    np.mean([_pearson_rows(p["scores"][0], oracle[0]) for p in peer_runs])
+                ),
+                "kronfluence_pearson_exact_d1e5": float(
+                    np.mean([_pearson_rows(p["scores"][1], oracle[1]) for p in peer_runs])
+                ),
+                "kronfluence_refit_corr": (
+                    _flat_corr(peer_runs[0]["scores"][0], peer_runs[1]["scores"][0])
+                    if len(peer_runs) > 1
+                    else None
+                ),
+                "kronfluence_import_s": _common.median([p["times"]["import_s"] for p in peer_runs]),
+            }
+        )
+    else:
+        for k in (
+            "kronfluence_fit_score_s",
+            "ours_over_kronfluence_time",
+            "kronfluence_pearson_exact_d1e3",
+            "kronfluence_pearson_exact_d1e5",
+            "kronfluence_refit_corr",
+        ):
+            out[k] = None
+    out["versions"] = _common.versions("jax", "equinox", "respax-interp", "respax-curvature")
+    if peer_runs:
+        out["versions"]["torch (peer)"] = peer_runs[0].get("torch")
+        out["versions"]["kronfluence (peer)"] = "1.0.1"
+    out["machine"] = _common.machine()
+
+    fmt = lambda v, f="{:.3f}": "n/a" if v is None else f.format(v)
+    table = (
+        "| | ours (respax EK-FAC) | kronfluence 1.0.1 EK-FAC |\n|---|---|---|\n"
+        f"| fit + 100x1000 scores, median (min) s | {fmt(out['ours_fit_score_s'], '{:.2f}')} "
+        f"({fmt(out['ours_fit_score_min_s'], '{:.2f}')}) | "
+        f"{fmt(out.get('kronfluence_fit_score_s'), '{:.2f}')} "
+        f"({fmt(out.get('kronfluence_fit_score_min_s'), '{:.2f}')}) |\n"
+        f"| Pearson vs exact block-diag GGN, damping 1e-3 | {fmt(out['ours_pearson_exact_d1e3'])} "
+        f"| {fmt(out['kronfluence_pearson_exact_d1e3'])} |\n"
+        f"| Pearson vs exact block-diag GGN, damping 1e-5 | {fmt(out['ours_pearson_exact_d1e5'])} "
+        f"| {fmt(out['kronfluence_pearson_exact_d1e5'])} |\n"
+        f"| refit-to-refit score correlation | {fmt(out['ours_refit_corr'], '{:.4f}')} | "
+        f"{fmt(out['kronfluence_refit_corr'], '{:.4f}')} |\n\n"
+        f"ours / kronfluence time: {fmt(out['ours_over_kronfluence_time'], '{:.2f}')}x; "
+        f"our first call (compile + run): {out['ours_first_call_s']:.1f} s; exact float64 "
+        f"block-diagonal oracle (fit + scores at both dampings, incl. compile): "
+        f"{out['exact_oracle_s']:.1f} s. Model: train acc {train_acc:.3f}, query acc "
+        f"{query_acc:.3f}; {reps} interleaved reps; 1-minute load average at the start "
+        f"{load_at_start:.1f} (other jobs share the CPU: wall times are inflated and noisy)."
+    )
+    print(table)
+    if args.json:
+        _common.write_json(args.json, out)
+    if peer_runs:
+        _common.update_results_section("influence_vs_kronfluence", table)
+
+
+if __name__ == "__main__":
+    main()

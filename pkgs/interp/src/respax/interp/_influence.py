@@ -1,0 +1,565 @@
+"""Influence functions: `fit_factors` -> `pairwise_scores` / `self_scores`, over every strategy.
+
+Sign convention (kept everywhere in `respax.interp`): the influence score of a training example
+`t` on a query `q` is
+
+    score(q, t) = g_q^T (C + damping I)^{-1} g_t,
+
+with `g = d loss / d params` of one example at the given parameters and `C` the curvature averaged
+over the N fitting examples. Removing `t` from the mean training loss `(1/N) sum_i loss_i` moves the
+parameters by about `(1/N) (C + damping I)^{-1} g_t` (the PBRF's first-order response), so
+
+    query loss after removal - query loss before ~= score(q, t) / N.
+
+A **positive** score means that removing the training example **increases** the query loss (the
+example helps the query); a negative score means it harms it. `normalize=True` returns
+`score / N`, the predicted change itself; the default leaves scores unnormalized (kronfluence's
+scale).
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from respax.core import OutputLoss, check_positive
+
+from ._influence_model import BlockRule, FlatModel, batched_map, block_layout, check_data
+from ._influence_strategies import (
+    CG as CGStrategy,
+    EKFAC,
+    KFAC,
+    STRATEGIES,
+    Arnoldi,
+    ArnoldiFactors,
+    CGFactors,
+    Diagonal,
+    DiagonalFactors,
+    Exact,
+    ExactFactors,
+    Identity,
+    IdentityFactors,
+    InfluenceFactors,
+    KroneckerFactors,
+    LiSSA,
+    LiSSAFactors,
+    Neumann,
+    NeumannFactors,
+    Strategy,
+    dense_ggn_blocks,
+    dense_hessian_blocks,
+    diagonal_ggn,
+    gather,
+    kfac_as_eigen,
+    lanczos_top_eigenpairs,
+    power_iteration,
+    scatter,
+    segment_size,
+    to_segments,
+)
+
+Measurement = Callable[[Float[Array, " k"], Any], Float[Array, ""]]
+
+
+def _strategy(strategy: Strategy | str) -> Strategy:
+    if isinstance(strategy, Strategy):
+        return strategy
+    if isinstance(strategy, str) and strategy.lower() in STRATEGIES:
+        return STRATEGIES[strategy.lower()]()
+    raise ValueError(
+        f"`strategy` must be one of {sorted(STRATEGIES)} or a Strategy instance "
+        f"(Exact(...), CG(...), ...), got {strategy!r}."
+    )
+
+
+def fit_factors(
+    apply: Callable[..., Any],
+    output_loss: OutputLoss,
+    params,
+    train: tuple[Any, Any],
+    *,
+    strategy: Strategy | str = "exact",
+    blocks: BlockRule = "module",
+    key: PRNGKeyArray | None = None,
+    batch_size: int | None = None,
+) -> InfluenceFactors:
+    """Fit the inverse-curvature factors of a strategy on a training set.
+
+    The curvature is the mean over `train` of the analytic expected Gauss-Newton matrix
+    `J_i^T H_i J_i` (deterministic: no label sampling unless a strategy asks for `mc_samples`).
+
+    Args:
+        apply: `apply(params, x) -> outputs` for one example (outputs of shape `(k,)`).
+        output_loss: the output loss, e.g. `respax.core.SoftmaxCrossEntropy()`.
+        params: the trained parameters (a pytree or Equinox module; its floating-point arrays are
+            the parameters).
+        train: `(inputs, targets)` with a leading batch axis, the examples the curvature averages
+            over (N of them).
+        strategy: a strategy configuration (`Exact`, `Identity`, `Diagonal`, `CG`, `Neumann`,
+            `LiSSA`, `Arnoldi`, `KFAC`, `EKFAC`) or its lower-case name for the defaults.
+        blocks: the layout of layers: "module" (default: the arrays sharing a parent, e.g. a
+            linear layer's weight and bias), "leaf", "full" or a function `path -> label`. Used by
+            block-diagonal strategies and by per-layer scores.
+        key: PRNG key for Monte-Carlo options and random starts (default `jax.random.key(0)`).
+        batch_size: examples per step when mapping over `train` (bounds memory); None vmaps all.
+
+    Returns:
+        An `InfluenceFactors` pytree for `pairwise_scores` and `self_scores`.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from respax.core import GaussianLoss
+        >>> from respax.interp import fit_factors
+        >>> apply = lambda w, x: jnp.atleast_1d(x @ w)
+        >>> x = jax.random.normal(jax.random.key(0), (8, 3))
+        >>> factors = fit_factors(apply, GaussianLoss(), jnp.zeros(3), (x, x[:, :1]))
+        >>> factors.matrices[0].shape
+        (3, 3)
+    """
+    strategy = _strategy(strategy)
+    model = FlatModel(apply, output_loss, params)
+    n = check_data(model, train, "train")
+    if batch_size is not None:
+        _check_batch_size(batch_size)
+    key = jax.random.key(0) if key is None else key
+    if isinstance(strategy, KFAC):
+        return _fit_kronecker(apply, output_loss, params, train, strategy, blocks, key, n)
+    return _fit(apply, output_loss, params, train, strategy, blocks, key, batch_size, n)
+
+
+def _check_batch_size(batch_size):
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"`batch_size` must be an integer >= 1 or None, got {batch_size!r}.")
+
+
+# Layer capture runs the model once and the fit is jitted around its plan, so both are cached per
+# (apply, loss, parameter structure, input structure, strategy): refits then reuse the compiled fit.
+_KRONECKER_CACHE: dict = {}
+_KRONECKER_CACHE_SIZE = 32
+
+
+def _kronecker_fit_fn(apply, output_loss, params, inputs, strategy):
+    from respax import curvature  # the K-FAC/EK-FAC engine
+
+    spec = lambda t: tuple(
+        (jnp.shape(a), jnp.result_type(a)) if eqx.is_array(a) else a for a in jax.tree.leaves(t)
+    )
+    cache_key = (
+        apply,
+        output_loss,
+        jax.tree.structure(params),
+        spec(params),
+        jax.tree.structure(inputs),
+        spec(inputs),
+        strategy,
+    )
+    try:
+        hash(cache_key)
+    except TypeError:  # unhashable static leaves: no caching
+        cache_key = None
+    if cache_key is not None and cache_key in _KRONECKER_CACHE:
+        return _KRONECKER_CACHE[cache_key]
+    x0 = jax.tree.map(lambda a: a[0], inputs)
+    plan = curvature.capture_layers(params, output_loss, x0, apply=apply)
+
+    @eqx.filter_jit
+    def fit(params, inputs, targets, key):
+        kw = dict(
+            mode=strategy.mode,
+            key=key,
+            num_samples=strategy.num_samples,
+            batch_size=strategy.batch_size,
+        )
+        kron = curvature.fit_kfac_factors(plan, params, inputs, targets, **kw)
+        if isinstance(strategy, EKFAC):
+            return curvature.fit_ekfac(plan, params, inputs, targets, factors=kron, **kw)
+        return kfac_as_eigen(kron, curvature.EKFACFactors)
+
+    if cache_key is not None:
+        if len(_KRONECKER_CACHE) >= _KRONECKER_CACHE_SIZE:
+            _KRONECKER_CACHE.pop(next(iter(_KRONECKER_CACHE)))
+        _KRONECKER_CACHE[cache_key] = fit
+    return fit
+
+
+def _fit_kronecker(apply, output_loss, params, train, strategy, blocks, key, n):
+    inputs, targets = train
+    names, indices = block_layout(params, blocks)
+    fit = _kronecker_fit_fn(apply, output_loss, params, inputs, strategy)
+    ek = fit(params, inputs, targets if strategy.mode == "empirical" else None, key)
+    return KroneckerFactors(
+        ekfac=ek,
+        strategy=strategy,
+        block_names=names,
+        block_segments=tuple(to_segments(i) for i in indices),
+        num_examples=n,
+    )
+
+
+@eqx.filter_jit
+def _fit(apply, output_loss, params, train, strategy, blocks, key, batch_size, n):
+    model = FlatModel(apply, output_loss, params)
+    inputs, targets = train
+    names, indices = block_layout(params, blocks)
+    block_segments = tuple(to_segments(i) for i in indices)
+    common = dict(
+        strategy=strategy, block_names=names, block_segments=block_segments, num_examples=n
+    )
+    curv_segments = block_segments if strategy.block_diagonal else (((0, model.num_params),),)
+    if isinstance(strategy, Exact):
+        if strategy.curvature == "ggn":
+            mats = dense_ggn_blocks(
+                model,
+                inputs,
+                curv_segments,
+                chunk_size=strategy.chunk_size,
+                mc_samples=strategy.mc_samples,
+                key=key,
+            )
+        else:
+            mats = dense_hessian_blocks(
+                model, inputs, targets, curv_segments, chunk_size=strategy.chunk_size
+            )
+        mats = tuple(
+            eqx.error_if(
+                m, ~jnp.all(jnp.isfinite(m)), "fit_factors: the curvature has non-finite entries."
+            )
+            for m in mats
+        )
+        return ExactFactors(matrices=mats, **common)
+    if isinstance(strategy, Identity):
+        return IdentityFactors(**common)
+    if isinstance(strategy, Diagonal):
+        d = diagonal_ggn(
+            model, inputs, mc_samples=strategy.mc_samples, key=key, batch_size=batch_size
+        )
+        d = eqx.error_if(d, ~jnp.all(jnp.isfinite(d)), "fit_factors: non-finite curvature.")
+        return DiagonalFactors(diagonal=d, **common)
+    v0 = jax.random.normal(key, (model.num_params,), model.flat.dtype)
+    if isinstance(strategy, CGStrategy | Neumann | LiSSA):
+        cls = {CGStrategy: CGFactors, Neumann: NeumannFactors, LiSSA: LiSSAFactors}[type(strategy)]
+        factors = cls(inputs=inputs, lambda_max=jnp.zeros((), model.flat.dtype), **common)
+        if isinstance(strategy, Neumann | LiSSA):
+            lam = power_iteration(factors.matvec(model, inputs), v0, strategy.power_iterations)
+            factors = eqx.tree_at(lambda f: f.lambda_max, factors, lam)
+        return factors
+    if isinstance(strategy, Arnoldi):
+        mv_full = lambda v: model.ggn_matvec(model.flat, inputs, v)
+        evals, evecs = [], []
+        for seg in curv_segments:
+            size = segment_size(seg)
+            zeros = jnp.zeros((model.num_params,), model.flat.dtype)
+            mv = lambda vb, seg=seg: gather(mv_full(scatter(zeros, seg, vb)), seg)
+            rank = min(strategy.rank, size)
+            iters = strategy.num_iterations or min(size, 2 * rank + 10)
+            iters = max(min(iters, size), rank)
+            lam, vec = lanczos_top_eigenpairs(mv, gather(v0, seg), rank, iters)
+            evals.append(jnp.maximum(lam, 0.0))
+            evecs.append(vec)
+        return ArnoldiFactors(eigenvalues=tuple(evals), eigenvectors=tuple(evecs), **common)
+    raise TypeError(f"unsupported strategy {type(strategy).__name__}.")
+
+
+def _check_damping(damping):
+    check_positive("damping", damping, allow_zero=True)
+    return jnp.asarray(damping)
+
+
+def _check_factors(factors, model: FlatModel):
+    if not isinstance(factors, InfluenceFactors):
+        raise TypeError(
+            "`factors` must come from fit_factors (InfluenceFactors), got "
+            f"{type(factors).__name__}."
+        )
+    last = max(b for segs in factors.block_segments for _, b in segs)
+    if last != model.num_params:
+        raise ValueError(
+            f"`factors` were fitted on a model with {last} parameters, but `params` has "
+            f"{model.num_params}."
+        )
+
+
+def _query_grad_fn(model: FlatModel, measurement: Measurement | None):
+    if measurement is None:
+        return lambda x, y: model.grad(model.flat, x, y)
+    return lambda x, y: jax.grad(lambda p: measurement(model.outputs(p, x), y))(model.flat)
+
+
+def inverse_curvature_product(
+    factors: InfluenceFactors,
+    apply: Callable[..., Any],
+    output_loss: OutputLoss,
+    params,
+    vectors,
+    *,
+    damping,
+    key: PRNGKeyArray | None = None,
+):
+    """`(C + damping I)^{-1} v` for a batch of parameter-space vectors, with the factors' solver.
+
+    Args:
+        factors: from `fit_factors` on the same model.
+        apply, output_loss, params: the model (as for `fit_factors`).
+        vectors: a pytree like the parameters' floating-point arrays with one extra leading batch
+            axis (e.g. per-example gradients).
+        damping: >= 0.
+        key: PRNG key for stochastic solvers.
+
+    Returns:
+        Parameter pytrees like `params` whose arrays have a leading batch axis.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from respax.core import GaussianLoss
+        >>> from respax.interp import fit_factors, inverse_curvature_product
+        >>> apply = lambda w, x: jnp.atleast_1d(x @ w)
+        >>> x = jnp.eye(2)
+        >>> f = fit_factors(apply, GaussianLoss(), jnp.zeros(2), (x, x[:, :1]))
+        >>> inverse_curvature_product(f, apply, GaussianLoss(), jnp.zeros(2), jnp.ones((1, 2)),
+        ...                           damping=0.5)  # C = I/2
+        Array([[1., 1.]], dtype=float32)
+    """
+    model = FlatModel(apply, output_loss, params)
+    _check_factors(factors, model)
+    damping = _check_damping(damping)
+    key = jax.random.key(0) if key is None else key
+    return _ihvp(factors, apply, output_loss, params, vectors, damping, key)
+
+
+@eqx.filter_jit
+def _ihvp(factors, apply, output_loss, params, vectors, damping, key):
+    model = FlatModel(apply, output_loss, params)
+    g = jax.vmap(model.ravel)(vectors)
+    x = factors.precondition(model, g, damping, key)
+    return eqx.filter_vmap(model.unravel)(x)
+
+
+def pairwise_scores(
+    factors: InfluenceFactors,
+    apply: Callable[..., Any],
+    output_loss: OutputLoss,
+    params,
+    query: tuple[Any, Any],
+    train: tuple[Any, Any],
+    *,
+    damping,
+    normalize: bool = False,
+    per_layer: bool = False,
+    query_rank: int | None = None,
+    measurement: Measurement | None = None,
+    batch_size: int | None = None,
+    key: PRNGKeyArray | None = None,
+) -> Float[Array, "m n"] | Float[Array, "b m n"]:
+    """Influence of every training example on every query: `g_q^T (C + damping I)^{-1} g_t`.
+
+    The query gradients are preconditioned once (the m solves), then dotted with every training
+    gradient, mapped over `train` in chunks of `batch_size`. See the module docstring for the
+    sign convention: positive = removing the training example increases the query loss.
+
+    Args:
+        factors: from `fit_factors`.
+        apply, output_loss, params: the model, as for `fit_factors`.
+        query: `(inputs, targets)` of the m queries.
+        train: `(inputs, targets)` of the n training examples to score (usually the fitting set).
+        damping: Tikhonov damping >= 0 added to the curvature (0 needs a positive definite one).
+        normalize: divide by N (the fitting set's size), giving the predicted change of the query
+            loss when the example is removed.
+        per_layer: return one score matrix per layout block, shape (blocks, m, n) in
+            `factors.block_names` order; they sum to the total.
+        query_rank: if set, replace the preconditioned query gradients by their best rank-r
+            approximation (SVD), which cuts the scoring cost for many queries.
+        measurement: `measurement(outputs, targets) -> scalar` scored instead of the query loss.
+        batch_size: training examples per chunk (None: all at once).
+        key: PRNG key for stochastic solvers (LiSSA).
+
+    Returns:
+        Scores of shape (m, n), or (blocks, m, n) with `per_layer`.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from respax.core import GaussianLoss
+        >>> from respax.interp import fit_factors, pairwise_scores
+        >>> apply = lambda w, x: jnp.atleast_1d(x @ w)
+        >>> x = jax.random.normal(jax.random.key(0), (8, 3)); y = x[:, :1]
+        >>> f = fit_factors(apply, GaussianLoss(), jnp.zeros(3), (x, y))
+        >>> pairwise_scores(f, apply, GaussianLoss(), jnp.zeros(3), (x[:2], y[:2]), (x, y),
+        ...                 damping=1e-3).shape
+        (2, 8)
+    """
+    model = FlatModel(apply, output_loss, params)
+    _check_factors(factors, model)
+    check_data(model, query, "query")
+    check_data(model, train, "train")
+    damping = _check_damping(damping)
+    if batch_size is not None:
+        _check_batch_size(batch_size)
+    if query_rank is not None and (not isinstance(query_rank, int) or query_rank < 1):
+        raise ValueError(f"`query_rank` must be an integer >= 1 or None, got {query_rank!r}.")
+    key = jax.random.key(0) if key is None else key
+    return _pairwise(
+        factors,
+        apply,
+        output_loss,
+        params,
+        query,
+        train,
+        damping,
+        normalize,
+        per_layer,
+        query_rank,
+        measurement,
+        batch_size,
+        key,
+    )
+
+
+def _finite(x, what):
+    return eqx.error_if(
+        x,
+        ~jnp.all(jnp.isfinite(x)),
+        f"influence: non-finite {what} (a non-finite loss or gradient, or a failed solve).",
+    )
+
+
+@eqx.filter_jit
+def _pairwise(
+    factors,
+    apply,
+    output_loss,
+    params,
+    query,
+    train,
+    damping,
+    normalize,
+    per_layer,
+    query_rank,
+    measurement,
+    batch_size,
+    key,
+):
+    model = FlatModel(apply, output_loss, params)
+    gq = batched_map(_query_grad_fn(model, measurement), query, None)
+    gq = _finite(gq, "query gradients")
+    pq = _finite(factors.precondition(model, gq, damping, key), "preconditioned query gradients")
+    grad_fn = lambda x, y: model.grad(model.flat, x, y).astype(pq.dtype)
+    if query_rank is not None and query_rank < min(pq.shape):
+        u, s, vt = jnp.linalg.svd(pq, full_matrices=False)
+        coef, basis = u[:, :query_rank] * s[:query_rank], vt[:query_rank]
+    else:
+        coef, basis = None, pq
+
+    def score_one(x, y):
+        g = grad_fn(x, y)
+        if per_layer:
+            out = jnp.stack([gather(basis, s) @ gather(g, s) for s in factors.block_segments])
+        else:
+            out = basis @ g
+        return out if coef is None else out @ coef.T
+
+    scores = batched_map(score_one, train, batch_size)  # (n, m) or (n, blocks, m)
+    scores = jnp.moveaxis(scores, 0, -1)
+    if normalize:
+        scores = scores / factors.num_examples
+    return _finite(scores, "scores")
+
+
+def self_scores(
+    factors: InfluenceFactors,
+    apply: Callable[..., Any],
+    output_loss: OutputLoss,
+    params,
+    train: tuple[Any, Any],
+    *,
+    damping,
+    normalize: bool = False,
+    per_layer: bool = False,
+    batch_size: int | None = None,
+    key: PRNGKeyArray | None = None,
+) -> Float[Array, " n"] | Float[Array, "b n"]:
+    """Self-influence `g_t^T (C + damping I)^{-1} g_t` of every training example (a mislabeled
+    or atypical example scores high).
+
+    Args:
+        factors, apply, output_loss, params, damping, normalize, per_layer, key: as for
+            `pairwise_scores`.
+        train: `(inputs, targets)` of the examples.
+        batch_size: examples per chunk when computing gradients.
+
+    Returns:
+        Shape (n,), or (blocks, n) with `per_layer`.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from respax.core import GaussianLoss
+        >>> from respax.interp import fit_factors, self_scores
+        >>> apply = lambda w, x: jnp.atleast_1d(x @ w)
+        >>> x = jax.random.normal(jax.random.key(0), (8, 3)); y = x[:, :1]
+        >>> f = fit_factors(apply, GaussianLoss(), jnp.zeros(3), (x, y))
+        >>> self_scores(f, apply, GaussianLoss(), jnp.zeros(3), (x, y), damping=1e-3).shape
+        (8,)
+    """
+    model = FlatModel(apply, output_loss, params)
+    _check_factors(factors, model)
+    check_data(model, train, "train")
+    damping = _check_damping(damping)
+    if batch_size is not None:
+        _check_batch_size(batch_size)
+    key = jax.random.key(0) if key is None else key
+    return _self(
+        factors, apply, output_loss, params, train, damping, normalize, per_layer, batch_size, key
+    )
+
+
+@eqx.filter_jit
+def _self(
+    factors, apply, output_loss, params, train, damping, normalize, per_layer, batch_size, key
+):
+    model = FlatModel(apply, output_loss, params)
+    g = batched_map(lambda x, y: model.grad(model.flat, x, y), train, batch_size)
+    g = _finite(g, "training gradients")
+    pg = factors.precondition(model, g, damping, key)
+    g = g.astype(pg.dtype)
+    if per_layer:
+        out = jnp.stack(
+            [jnp.sum(gather(pg, s) * gather(g, s), axis=-1) for s in factors.block_segments]
+        )
+    else:
+        out = jnp.sum(pg * g, axis=-1)
+    if normalize:
+        out = out / factors.num_examples
+    return _finite(out, "self-influence scores")
+
+
+def save_factors(path, factors: InfluenceFactors) -> None:
+    """Save fitted factors (their arrays) with `eqx.tree_serialise_leaves`.
+
+    Example:
+        >>> # save_factors("factors.eqx", factors); load_factors("factors.eqx", like=factors)
+    """
+    eqx.tree_serialise_leaves(path, factors)
+
+
+def load_factors(path, like: InfluenceFactors) -> InfluenceFactors:
+    """Load factors saved by `save_factors`; `like` is factors of the same strategy and model
+    (e.g. `eqx.filter_eval_shape(fit_factors, ...)` gives one without computing anything)."""
+    return eqx.tree_deserialise_leaves(path, like)
+
+
+__all__ = [
+    "Arnoldi",
+    "CGStrategy",
+    "Diagonal",
+    "Exact",
+    "Identity",
+    "LiSSA",
+    "Neumann",
+    "fit_factors",
+    "inverse_curvature_product",
+    "load_factors",
+    "pairwise_scores",
+    "save_factors",
+    "self_scores",
+]

@@ -1,0 +1,605 @@
+"""Inverse-curvature strategies for influence: what `fit_factors` fits and how the fitted factors
+apply `(C + damping I)^{-1}` to rows of gradients.
+
+Each strategy is a small configuration module (`Exact`, `Identity`, `Diagonal`, `CG`, `Neumann`,
+`LiSSA`, `Arnoldi`); `fit_factors` turns it into a factors module holding arrays only, and the
+factors' `precondition(model, g, damping, key)` returns `(C + damping I)^{-1} g` row by row. `C` is
+the mean over the training examples of the analytic expected Gauss-Newton matrix
+`J_i^T H_i J_i` (`H_i = S_i S_i^T` from the output loss's `hessian_sqrt`), or the Hessian of the
+mean loss for `Exact(curvature="hessian")`.
+"""
+
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from respax.core import conjugate_gradient, lissa, neumann_series
+
+from ._influence_model import FlatModel, batched_map
+
+Segments = tuple[tuple[int, int], ...]
+
+
+def to_segments(index: np.ndarray) -> Segments:
+    """Contiguous `(start, stop)` runs of a sorted index array (hashable, for static fields)."""
+    index = np.asarray(index)
+    breaks = np.flatnonzero(np.diff(index) != 1) + 1
+    runs = np.split(index, breaks)
+    return tuple((int(r[0]), int(r[-1]) + 1) for r in runs)
+
+
+def segment_size(segments: Segments) -> int:
+    return sum(b - a for a, b in segments)
+
+
+def gather(x: Array, segments: Segments) -> Array:
+    """`x[..., index]` for the index set given as segments."""
+    parts = [x[..., a:b] for a, b in segments]
+    return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1)
+
+
+def scatter(x: Array, segments: Segments, values: Array) -> Array:
+    """`x.at[..., index].set(values)`."""
+    offset = 0
+    for a, b in segments:
+        x = x.at[..., a:b].set(values[..., offset : offset + b - a])
+        offset += b - a
+    return x
+
+
+def exact_dtype():
+    """float64 when it is enabled (the oracle's dtype), float32 otherwise."""
+    return jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
+
+
+# ----------------------------------------------------------------------------------------------
+# Strategy configurations (static hyperparameters only)
+# ----------------------------------------------------------------------------------------------
+
+
+class Strategy(eqx.Module):
+    """Base class of inverse-curvature strategies (configurations; `fit_factors` fits them)."""
+
+    block_diagonal: eqx.AbstractVar[bool]
+
+
+class Exact(Strategy):
+    """The exact oracle: the dense curvature (or its diagonal blocks), a Cholesky solve per damping.
+
+    Args:
+        curvature: "ggn" (analytic expected Gauss-Newton, the default) or "hessian" (of the mean
+            training loss; may be indefinite away from a minimum, then damping must make it
+            positive definite).
+        block_diagonal: keep only the blocks of the layout (one per layer by default), as EK-FAC
+            and kronfluence do; False keeps the full matrix.
+        mc_samples: None for the analytic GGN; an int draws that many targets per example from
+            the model and uses the sampled Fisher instead (GGN only).
+        chunk_size: examples (or, for the Hessian, basis vectors) per accumulation step.
+
+    The matrices are accumulated in float64 when `jax_enable_x64` is on (up to ~10k parameters).
+    """
+
+    curvature: str = eqx.field(default="ggn", static=True)
+    block_diagonal: bool = eqx.field(default=False, static=True)
+    mc_samples: int | None = eqx.field(default=None, static=True)
+    chunk_size: int = eqx.field(default=64, static=True)
+
+    def __check_init__(self):
+        if self.curvature not in ("ggn", "hessian"):
+            raise ValueError(f'`curvature` must be "ggn" or "hessian", got {self.curvature!r}.')
+        if self.mc_samples is not None and self.curvature != "ggn":
+            raise ValueError('`mc_samples` applies only to curvature="ggn".')
+        _check_int("mc_samples", self.mc_samples, allow_none=True)
+        _check_int("chunk_size", self.chunk_size)
+
+
+class Identity(Strategy):
+    """Curvature `I`: scores are gradient dot products over `1 + damping`."""
+
+    block_diagonal: bool = eqx.field(default=False, static=True)
+
+
+class Diagonal(Strategy):
+    """The exact diagonal of the analytic expected GGN (deterministic, no label sampling).
+
+    Args:
+        mc_samples: None (analytic) or the number of sampled targets per example.
+    """
+
+    mc_samples: int | None = eqx.field(default=None, static=True)
+    block_diagonal: bool = eqx.field(default=True, static=True)
+
+    def __check_init__(self):
+        _check_int("mc_samples", self.mc_samples, allow_none=True)
+
+
+class CG(Strategy):
+    """Conjugate gradient on matrix-free GGN products over the fitting set (`respax.core`).
+
+    Args:
+        max_iterations: matvec budget per query.
+        tol: relative residual tolerance (0 runs the full budget).
+        block_diagonal: use the block-diagonal GGN (one product per block per iteration).
+    """
+
+    max_iterations: int = eqx.field(default=100, static=True)
+    tol: float = eqx.field(default=1e-6, static=True)
+    block_diagonal: bool = eqx.field(default=False, static=True)
+
+    def __check_init__(self):
+        _check_int("max_iterations", self.max_iterations)
+        if not self.tol >= 0:
+            raise ValueError(f"`tol` must be >= 0, got {self.tol!r}.")
+
+
+class Neumann(Strategy):
+    """Truncated Neumann series with step `alpha = step_fraction / (lambda_max + damping)`, where
+    `lambda_max` is estimated at fit time by power iteration (`respax.core.neumann_series`)."""
+
+    num_iterations: int = eqx.field(default=200, static=True)
+    step_fraction: float = eqx.field(default=1.0, static=True)
+    power_iterations: int = eqx.field(default=30, static=True)
+    block_diagonal: bool = eqx.field(default=False, static=True)
+
+    def __check_init__(self):
+        _check_int("num_iterations", self.num_iterations)
+        _check_int("power_iterations", self.power_iterations)
+        if not 0 < self.step_fraction < 2:
+            raise ValueError(f"`step_fraction` must be in (0, 2), got {self.step_fraction!r}.")
+
+
+class LiSSA(Strategy):
+    """LiSSA: the stochastic Neumann series over minibatch GGN products (`respax.core.lissa`).
+
+    Args:
+        num_iterations: recursion depth (minibatch products).
+        batch_size: examples per minibatch (sampled with replacement); a batch size >= the
+            fitting set's size uses the whole set every step (deterministic).
+        scale: the recursion's scale (> the largest eigenvalue of every minibatch GGN plus
+            damping); None uses `scale_factor * (lambda_max + damping)` with `lambda_max` from
+            power iteration.
+        num_repeats: independent recursions averaged.
+    """
+
+    num_iterations: int = eqx.field(default=500, static=True)
+    batch_size: int = eqx.field(default=32, static=True)
+    scale: float | None = eqx.field(default=None, static=True)
+    scale_factor: float = eqx.field(default=2.0, static=True)
+    num_repeats: int = eqx.field(default=1, static=True)
+    power_iterations: int = eqx.field(default=30, static=True)
+    block_diagonal: bool = eqx.field(default=False, static=True)
+
+    def __check_init__(self):
+        for name in ("num_iterations", "batch_size", "num_repeats", "power_iterations"):
+            _check_int(name, getattr(self, name))
+        if self.scale is not None and not self.scale > 0:
+            raise ValueError(f"`scale` must be > 0 or None, got {self.scale!r}.")
+        if not self.scale_factor >= 1:
+            raise ValueError(f"`scale_factor` must be >= 1, got {self.scale_factor!r}.")
+
+
+class Arnoldi(Strategy):
+    """Top-`rank` eigenpairs of the GGN by Lanczos (the symmetric Arnoldi iteration, with full
+    reorthogonalization), as in Schioppa et al. 2022: `sum_k (g.v_k) v_k / (lambda_k + damping)`.
+
+    Args:
+        rank: eigenpairs kept.
+        num_iterations: Lanczos steps (None: `min(p, 2 rank + 10)`).
+        complement: also apply `1 / damping` on the complement of the kept subspace (exact when
+            the GGN has rank <= `rank`); False keeps only the subspace, as the paper does.
+    """
+
+    rank: int = eqx.field(default=64, static=True)
+    num_iterations: int | None = eqx.field(default=None, static=True)
+    complement: bool = eqx.field(default=False, static=True)
+    block_diagonal: bool = eqx.field(default=False, static=True)
+
+    def __check_init__(self):
+        _check_int("rank", self.rank)
+        _check_int("num_iterations", self.num_iterations, allow_none=True)
+
+
+class KFAC(Strategy):
+    """K-FAC from `respax.curvature` (analytic expected factors by default), inverted with the
+    damping added exactly to the Kronecker eigenvalue products `s_G s_A + damping` (as EK-FAC,
+    with the eigenvalues not corrected). Layers: `eqx.nn.Linear`, `Conv`, `Embedding` (others get
+    `respax.curvature`'s dense or diagonal blocks).
+
+    Args:
+        mode: "expected" (analytic GGN, deterministic), "mc" (sampled labels) or "empirical".
+        num_samples: labels per example for mode="mc".
+        batch_size: examples per statistics pass (must divide N); None: all at once.
+    """
+
+    mode: str = eqx.field(default="expected", static=True)
+    num_samples: int = eqx.field(default=1, static=True)
+    batch_size: int | None = eqx.field(default=None, static=True)
+    block_diagonal: bool = eqx.field(default=True, static=True)
+
+    def __check_init__(self):
+        if self.mode not in ("expected", "mc", "empirical"):
+            raise ValueError(f'`mode` must be "expected", "mc" or "empirical", got {self.mode!r}.')
+        _check_int("num_samples", self.num_samples)
+        _check_int("batch_size", self.batch_size, allow_none=True)
+
+
+class EKFAC(KFAC):
+    """EK-FAC from `respax.curvature`: the K-FAC eigenbases with eigenvalues refitted to the
+    per-example (analytic, by default) Gauss-Newton pseudo-gradients; damping added exactly."""
+
+
+def _check_int(name, value, allow_none=False):
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}.")
+
+
+STRATEGIES = {
+    "exact": Exact,
+    "identity": Identity,
+    "diagonal": Diagonal,
+    "cg": CG,
+    "neumann": Neumann,
+    "lissa": LiSSA,
+    "arnoldi": Arnoldi,
+    "kfac": KFAC,
+    "ekfac": EKFAC,
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# Fitted factors
+# ----------------------------------------------------------------------------------------------
+
+
+class InfluenceFactors(eqx.Module):
+    """Fitted inverse-curvature factors (a pytree of arrays; save with `save_factors`).
+
+    Attributes:
+        strategy: the strategy configuration they were fitted with.
+        block_names: names of the layout blocks (per-layer scores follow this order).
+        block_segments: each block's index set in the flat parameter vector.
+        num_examples: N, the number of examples the curvature averages over (for `normalize`).
+    """
+
+    strategy: Strategy
+    block_names: tuple[str, ...] = eqx.field(static=True)
+    block_segments: tuple[Segments, ...] = eqx.field(static=True)
+    num_examples: int = eqx.field(static=True)
+
+    def curvature_segments(self, num_params: int) -> tuple[Segments, ...]:
+        if self.strategy.block_diagonal:
+            return self.block_segments
+        return (((0, num_params),),)
+
+    def precondition(
+        self, model: FlatModel, g: Float[Array, "m p"], damping, key: PRNGKeyArray
+    ) -> Float[Array, "m p"]:
+        raise NotImplementedError
+
+
+class ExactFactors(InfluenceFactors):
+    """Dense curvature blocks; `precondition` factors `C_b + damping I` by Cholesky."""
+
+    matrices: tuple[Float[Array, "..."], ...]
+
+    def precondition(self, model, g, damping, key):
+        segs = self.curvature_segments(model.num_params)
+        out = jnp.zeros(g.shape, self.matrices[0].dtype)
+        for seg, c in zip(segs, self.matrices, strict=True):
+            a = c + damping * jnp.eye(c.shape[0], dtype=c.dtype)
+            chol = jnp.linalg.cholesky(a)
+            chol = eqx.error_if(
+                chol,
+                ~jnp.all(jnp.isfinite(chol)),
+                "exact influence: the curvature plus damping is not positive definite (Cholesky "
+                "failed); use damping > 0 large enough for a singular or indefinite curvature.",
+            )
+            rhs = gather(g, seg).astype(c.dtype)
+            x = jax.scipy.linalg.cho_solve((chol, True), rhs.T).T
+            out = scatter(out, seg, x)
+        return out
+
+
+class IdentityFactors(InfluenceFactors):
+    def precondition(self, model, g, damping, key):
+        return g / (1.0 + damping)
+
+
+class DiagonalFactors(InfluenceFactors):
+    diagonal: Float[Array, " p"]
+
+    def precondition(self, model, g, damping, key):
+        d = self.diagonal + damping
+        d = eqx.error_if(
+            d, jnp.any(d <= 0), "diagonal influence: a zero curvature entry needs damping > 0."
+        )
+        return g / d
+
+
+class _MatrixFreeFactors(InfluenceFactors):
+    """Factors of matrix-free strategies: the fitting set and a power-iteration `lambda_max`."""
+
+    inputs: object
+    lambda_max: Float[Array, ""]
+
+    def matvec(self, model: FlatModel, inputs):
+        flat = model.flat
+        if not self.strategy.block_diagonal:
+            return lambda v: model.ggn_matvec(flat, inputs, v)
+        segs = self.block_segments
+
+        def mv(v):
+            out = jnp.zeros_like(v)
+            for seg in segs:
+                vb = scatter(jnp.zeros_like(v), seg, gather(v, seg))
+                out = scatter(out, seg, gather(model.ggn_matvec(flat, inputs, vb), seg))
+            return out
+
+        return mv
+
+
+class CGFactors(_MatrixFreeFactors):
+    def precondition(self, model, g, damping, key):
+        mv = self.matvec(model, self.inputs)
+        s = self.strategy
+        solve = lambda b: conjugate_gradient(
+            mv, b, max_iterations=s.max_iterations, tol=s.tol, damping=damping
+        )[0]
+        return jax.vmap(solve)(g)
+
+
+class NeumannFactors(_MatrixFreeFactors):
+    def precondition(self, model, g, damping, key):
+        mv = self.matvec(model, self.inputs)
+        s = self.strategy
+        alpha = s.step_fraction / (self.lambda_max + damping)
+        solve = lambda b: neumann_series(
+            mv, b, num_iterations=s.num_iterations, alpha=alpha, damping=damping
+        )[0]
+        return jax.vmap(solve)(g)
+
+
+class LiSSAFactors(_MatrixFreeFactors):
+    def precondition(self, model, g, damping, key):
+        s = self.strategy
+        n = jax.tree.leaves(self.inputs)[0].shape[0]
+        scale = s.scale if s.scale is not None else s.scale_factor * (self.lambda_max + damping)
+
+        if s.batch_size >= n:
+            # The whole fitting set every step: deterministic (the Neumann series of C / scale).
+            def hvp(batch_idx, v):
+                return self.matvec(model, self.inputs)(v)
+        else:
+
+            def hvp(batch_idx, v):
+                batch = jax.tree.map(lambda a: a[batch_idx], self.inputs)
+                return self.matvec(model, batch)(v)
+
+        def sample(k):
+            return jax.random.randint(k, (min(s.batch_size, n),), 0, n)
+
+        def solve(b, k):
+            keys = jax.random.split(k, s.num_repeats)
+            xs = jax.vmap(
+                lambda kk: lissa(
+                    hvp,
+                    b,
+                    sample,
+                    kk,
+                    num_iterations=s.num_iterations,
+                    scale=scale,
+                    damping=damping,
+                )[0]
+            )(keys)
+            return jnp.mean(xs, axis=0)
+
+        return jax.vmap(solve)(g, jax.random.split(key, g.shape[0]))
+
+
+class ArnoldiFactors(InfluenceFactors):
+    """Top eigenpairs per curvature block: `eigenvalues[b]` (r,), `eigenvectors[b]` (r, p_b)."""
+
+    eigenvalues: tuple[Float[Array, "..."], ...]
+    eigenvectors: tuple[Float[Array, "..."], ...]
+
+    def precondition(self, model, g, damping, key):
+        segs = self.curvature_segments(model.num_params)
+        out = jnp.zeros_like(g)
+        for seg, lam, vecs in zip(segs, self.eigenvalues, self.eigenvectors, strict=True):
+            gb = gather(g, seg)
+            coef = gb @ vecs.T
+            x = (coef / (lam + damping)) @ vecs
+            if self.strategy.complement:
+                x = x + (gb - coef @ vecs) / damping
+            out = scatter(out, seg, x)
+        return out
+
+
+class KroneckerFactors(InfluenceFactors):
+    """K-FAC or EK-FAC factors of `respax.curvature` (an `EKFACFactors`; for K-FAC its
+    eigenvalues are the Kronecker products of the factors' eigenvalues)."""
+
+    ekfac: Any
+
+    def precondition(self, model, g, damping, key):
+        def one(row):
+            v = eqx.partition(model.unravel(row), eqx.is_inexact_array)[0]
+            return model.ravel(self.ekfac.inverse_vp(v, damping))
+
+        return jax.vmap(one)(g)
+
+
+def kfac_as_eigen(kfac_factors, ekfac_cls):
+    """K-FAC factors in EK-FAC form: eigenbases of A and G with `D = outer(s_G, s_A)`, so that
+    damping is added exactly to the Kronecker product's eigenvalues."""
+    blocks = []
+    for info, blk in zip(kfac_factors.plan.layers, kfac_factors.blocks, strict=True):
+        if info.is_kronecker:
+            sg, ug = jnp.linalg.eigh(0.5 * (blk["G"] + blk["G"].T))
+            if blk["A"].ndim == 1:
+                sa, ua = blk["A"], None
+            else:
+                sa, ua = jnp.linalg.eigh(0.5 * (blk["A"] + blk["A"].T))
+            d = jnp.outer(jnp.maximum(sg, 0.0), jnp.maximum(sa, 0.0))
+            blocks.append({"UA": ua, "UG": ug, "D": d})
+        elif blk["F"].ndim == 2:
+            s, u = jnp.linalg.eigh(0.5 * (blk["F"] + blk["F"].T))
+            blocks.append({"U": u, "D": jnp.maximum(s, 0.0)})
+        else:
+            blocks.append({"D": blk["F"]})
+    return ekfac_cls(kfac_factors.plan, tuple(blocks))
+
+
+# ----------------------------------------------------------------------------------------------
+# Fitting
+# ----------------------------------------------------------------------------------------------
+
+
+def _pad_chunks(tree, chunk: int):
+    """Pad the leading axis to a multiple of `chunk` and reshape to (num_chunks, chunk, ...)."""
+    n = jax.tree.leaves(tree)[0].shape[0]
+    m = -(-n // chunk) * chunk
+
+    def pad(a):
+        a = jnp.concatenate([a, jnp.repeat(a[:1], m - n, axis=0)]) if m > n else a
+        return a.reshape((m // chunk, chunk) + a.shape[1:])
+
+    mask = (jnp.arange(m) < n).reshape(m // chunk, chunk)
+    return jax.tree.map(pad, tree), mask
+
+
+def curvature_rows(model: FlatModel, inputs, mc_samples: int | None, key: PRNGKeyArray):
+    """Per-example curvature factor rows `[n, r, p]` function: `(x, index) -> rows`."""
+    if mc_samples is None:
+        return lambda x, i: model.ggn_rows(model.flat, x)
+    return lambda x, i: model.sampled_fisher_rows(
+        model.flat, x, jax.random.fold_in(key, i), mc_samples
+    )
+
+
+def dense_ggn_blocks(
+    model: FlatModel,
+    inputs,
+    segments: tuple[Segments, ...],
+    *,
+    chunk_size: int = 64,
+    mc_samples: int | None = None,
+    key: PRNGKeyArray | None = None,
+    dtype=None,
+) -> tuple[Array, ...]:
+    """Dense blocks `C_b = (1/n) sum_i A_i[:, b]^T A_i[:, b]` of the analytic GGN (or the
+    sampled Fisher), accumulated over chunks of examples."""
+    dtype = dtype or exact_dtype()
+    n = jax.tree.leaves(inputs)[0].shape[0]
+    key = jax.random.key(0) if key is None else key
+    rows_fn = curvature_rows(model, inputs, mc_samples, key)
+    (xs, idx), mask = _pad_chunks((inputs, jnp.arange(n)), chunk_size)
+
+    def body(carry, chunk):
+        x, i, m = chunk
+        a = jax.vmap(rows_fn)(x, i) * m[:, None, None]
+        a = a.reshape(-1, a.shape[-1]).astype(dtype)
+        new = []
+        for c, seg in zip(carry, segments, strict=True):
+            ab = gather(a, seg)
+            new.append(c + ab.T @ ab)
+        return tuple(new), None
+
+    init = tuple(jnp.zeros((segment_size(s), segment_size(s)), dtype) for s in segments)
+    blocks, _ = jax.lax.scan(body, init, (xs, idx, mask))
+    return tuple(b / n for b in blocks)
+
+
+def dense_hessian_blocks(
+    model: FlatModel,
+    inputs,
+    targets,
+    segments: tuple[Segments, ...],
+    *,
+    chunk_size: int = 64,
+    dtype=None,
+) -> tuple[Array, ...]:
+    """Dense diagonal blocks of the Hessian of the mean training loss, by Hessian-vector products
+    with basis vectors (`chunk_size` at a time)."""
+    dtype = dtype or exact_dtype()
+    flat = model.flat.astype(dtype)
+    out = []
+    for seg in segments:
+        index = jnp.asarray(np.concatenate([np.arange(a, b) for a, b in seg]))
+
+        def column(j, seg=seg):
+            e = jnp.zeros_like(flat).at[j].set(1.0)
+            return gather(model.hessian_matvec(flat, inputs, targets, e), seg)
+
+        h = jax.lax.map(column, index, batch_size=chunk_size)
+        out.append(0.5 * (h + h.T))
+    return tuple(out)
+
+
+def diagonal_ggn(
+    model: FlatModel, inputs, *, mc_samples: int | None = None, key=None, batch_size=None
+) -> Float[Array, " p"]:
+    """The exact diagonal of the analytic GGN (or of the sampled Fisher)."""
+    n = jax.tree.leaves(inputs)[0].shape[0]
+    key = jax.random.key(0) if key is None else key
+    rows_fn = curvature_rows(model, inputs, mc_samples, key)
+    sq = batched_map(
+        lambda x, i: jnp.sum(rows_fn(x, i) ** 2, axis=0), (inputs, jnp.arange(n)), batch_size
+    )
+    return jnp.mean(sq, axis=0)
+
+
+def power_iteration(matvec, v0: Float[Array, " p"], num_iterations: int) -> Float[Array, ""]:
+    """Largest eigenvalue of a PSD operator by power iteration (a Rayleigh quotient)."""
+
+    def step(v, _):
+        w = matvec(v)
+        return w / (jnp.linalg.norm(w) + 1e-30), None
+
+    v, _ = jax.lax.scan(step, v0 / jnp.linalg.norm(v0), None, length=num_iterations)
+    return jnp.vdot(v, matvec(v))
+
+
+def lanczos_top_eigenpairs(
+    matvec, v0: Float[Array, " p"], rank: int, num_iterations: int
+) -> tuple[Float[Array, " r"], Float[Array, "r p"]]:
+    """Top-`rank` Ritz pairs of a symmetric operator from Lanczos with full reorthogonalization."""
+    p = v0.shape[0]
+    m = num_iterations
+    q0 = v0 / jnp.linalg.norm(v0)
+    basis = jnp.zeros((m + 1, p), v0.dtype).at[0].set(q0)
+
+    def body(j, carry):
+        basis, alphas, betas = carry
+        q = basis[j]
+        w = matvec(q)
+        alpha = jnp.vdot(q, w)
+        # Two rounds of full Gram-Schmidt against every basis vector so far (rows > j are zero).
+        w = w - basis.T @ (basis @ w)
+        w = w - basis.T @ (basis @ w)
+        beta = jnp.linalg.norm(w)
+        # On breakdown (an invariant subspace found) restart from a fresh orthogonal direction.
+        fresh = jax.random.normal(jax.random.fold_in(jax.random.key(1), j), (p,), v0.dtype)
+        fresh = fresh - basis.T @ (basis @ fresh)
+        fresh = fresh - basis.T @ (basis @ fresh)
+        scale_ok = beta > 1e-10 * (jnp.abs(alpha) + 1e-30)
+        fresh = fresh / jnp.maximum(jnp.linalg.norm(fresh), 1e-30)
+        nxt = jnp.where(scale_ok, w / jnp.where(scale_ok, beta, 1.0), fresh)
+        beta = jnp.where(scale_ok, beta, 0.0)
+        basis = basis.at[j + 1].set(nxt)
+        return basis, alphas.at[j].set(alpha), betas.at[j].set(beta)
+
+    alphas = jnp.zeros((m,), v0.dtype)
+    betas = jnp.zeros((m,), v0.dtype)
+    basis, alphas, betas = jax.lax.fori_loop(0, m, body, (basis, alphas, betas))
+    tri = jnp.diag(alphas) + jnp.diag(betas[:-1], 1) + jnp.diag(betas[:-1], -1)
+    evals, evecs = jnp.linalg.eigh(tri)
+    order = jnp.argsort(evals)[::-1][:rank]
+    ritz_vectors = (basis[:m].T @ evecs[:, order]).T
+    return evals[order], ritz_vectors
