@@ -53,6 +53,9 @@ class Experiment:
             (command-line `key=value` overrides are parsed by these annotations).
         scales: `{"smoke": cfg, "quick": cfg, "paper": cfg}`, instances of `config`.
         run: `run(cfg, ctx) -> Result`.
+        paper_probe: `paper_probe(paper_cfg) -> cfg`, the paper-scale config cut to one or two
+            steps of every stage while keeping the paper's shapes (models, grids, batch sizes);
+            the test suite runs it on CPU to check that paper scale builds and runs.
 
     Example:
         >>> EXPERIMENT = Experiment(
@@ -67,6 +70,7 @@ class Experiment:
     config: type
     scales: Mapping[str, Any]
     run: Callable[[Any, Context], "Result"]
+    paper_probe: Callable[[Any], Any] | None = None
 
 
 @dataclasses.dataclass

@@ -885,10 +885,18 @@ sharded over the devices). Held-out losses use {cfg.eval_batch} fresh examples p
 """
 
 
+def paper_probe(cfg: Config) -> Config:
+    """The paper config with one step per stage (paper shapes: grids, levels, batch sizes)."""
+    names = ("sweep_steps", "phase_steps_2in1", "phase_steps_3in2", "geometry_steps")
+    steps = {f: 1 for f in names + ("correlated_steps", "abs_steps")}
+    return dataclasses.replace(cfg, chunk=1, eval_batch=256, **steps)
+
+
 EXPERIMENT = Experiment(
     name="superposition",
     title="Toy Models of Superposition (Elhage et al. 2022): sparsity, phase diagrams, geometry",
     config=Config,
     scales=SCALES,
     run=run,
+    paper_probe=paper_probe,
 )

@@ -154,9 +154,7 @@ def test_whole_experiment_runs_at_smoke_scale(tmp_path):
 
 @pytest.mark.slow
 def test_paper_config_runs_one_step_at_paper_shapes(tmp_path):
-    names = ("sweep_steps", "phase_steps_2in1", "phase_steps_3in2", "geometry_steps")
-    steps = {f: 1 for f in names + ("correlated_steps",)}
-    cfg = dataclasses.replace(exp.SCALES["paper"], chunk=1, eval_batch=256, abs_steps=1, **steps)
+    cfg = exp.paper_probe(exp.SCALES["paper"])
     result = exp.EXPERIMENT.run(cfg, _ctx(tmp_path, cfg, scale="paper"))
     phase = result.metrics["phase"]["2in1"]["analytic"]
     assert np.shape(phase) == (40, 40)
