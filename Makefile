@@ -37,11 +37,15 @@ lint: sync
 
 # Peer environments that conflict with our locked JAX (see DESIGN.md, "Benchmarks contract").
 bench-env: sync
-	$(UV) sync --locked --group bench
 	bash benchmarks/make_envs.sh
 
+# Every benchmark with --quick (peers of the `bench` group in-process, the others through
+# .bench-envs); each refreshes its section of benchmarks/RESULTS.md and writes results/bench/*.json.
 bench: bench-env
-	$(UV) run --locked --no-sync python -m benchmarks --quick
+	@set -e; for b in benchmarks/*_vs_*.py; do \
+	  name=$$(basename $$b .py); echo "== $$name"; \
+	  $(UV) run --locked --group bench python $$b --quick --json results/bench/$$name.json; \
+	done
 
 clean:
 	rm -rf $(BOOT) .venv .bench-envs results
