@@ -1,0 +1,230 @@
+"""K-FAC step cost: respax.curvature.kfac vs kfac-jax, each against optax.adam in its own
+environment.
+
+Model: MLP 64-256-256-10 (tanh), softmax cross-entropy, batch 512, random data, float32, CPU.
+Each timed iteration runs one step of every optimizer back to back (interleaved), each step
+blocked until ready; the figure is the median over iterations of (optimizer step / adam step).
+A step is the whole training step: statistics pass (one forward, one backward and one sampled
+backward, Monte-Carlo Fisher with one label per example), update and parameter update.
+
+Ours runs on the locked JAX in this process. kfac-jax 0.0.8 needs jax==0.9.1, so it runs as a
+subprocess in the pinned environment `.bench-envs/kfac_jax` (`make bench-env`, or
+`bash benchmarks/envs/kfac_jax/setup.sh`); without it its keys are null.
+
+Usage: python benchmarks/kfac_vs_kfac_jax.py [--quick] [--json PATH]
+"""
+
+import os
+
+# Single-threaded XLA on CPU, as in the reference measurements (set before JAX starts).
+_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAGS).strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import equinox as eqx  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+
+from respax.core import SoftmaxCrossEntropy  # noqa: E402
+from respax.curvature import KFACConfig, capture_layers, kfac, kfac_stats  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+PEER_PYTHON = ROOT / ".bench-envs" / "kfac_jax" / "bin" / "python"
+PEER_SCRIPT = ROOT / "benchmarks" / "envs" / "kfac_jax" / "peer.py"
+BATCH, SIZES = 512, (64, 256, 256, 10)
+
+
+def _block(tree):
+    return jax.block_until_ready(tree)
+
+
+def run_ours(warmup: int, steps: int) -> dict:
+    key = jax.random.key(0)
+    kx, ky, km = jax.random.split(key, 3)
+    x = jax.random.normal(kx, (BATCH, SIZES[0]))
+    y = jax.random.randint(ky, (BATCH,), 0, SIZES[-1])
+    model = eqx.nn.MLP(SIZES[0], SIZES[-1], SIZES[1], 2, activation=jnp.tanh, key=km)
+    loss_obj = SoftmaxCrossEntropy()
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    plan = capture_layers(model, loss_obj, jnp.zeros(SIZES[0]))
+
+    adam = optax.adam(1e-3)
+
+    def adam_loss(p):
+        return loss_obj.mean_loss(jax.vmap(eqx.combine(p, static))(x), y)
+
+    @jax.jit
+    def adam_step(p, s):
+        loss, g = jax.value_and_grad(adam_loss)(p)
+        u, s = adam.update(g, s, p)
+        return optax.apply_updates(p, u), s, loss
+
+    def make_kfac_step(cfg):
+        opt = kfac(plan, cfg)
+
+        @jax.jit
+        def step(p, s, k):
+            loss, g, stats = kfac_stats(plan, p, x, y, mode="mc", key=k)
+            extra = {"loss": loss, "batch": (x, y)} if cfg.needs_batch else {}
+            u, s = opt.update(g, s, p, stats=stats, **extra)
+            return optax.apply_updates(p, u), s, loss
+
+        return opt, step
+
+    fixed_cfg = KFACConfig(learning_rate=1e-2, momentum=0.9, damping=1e-3, inverse_update_period=5)
+    adaptive_cfg = KFACConfig(
+        learning_rate=None, momentum=None, damping=1.0, adapt_damping=True, inverse_update_period=5
+    )
+    runs = {"adam": (adam_step, adam.init(params))}
+    first = {}
+    for name, cfg in (("kfac", fixed_cfg), ("kfac_adaptive", adaptive_cfg)):
+        opt, step = make_kfac_step(cfg)
+        runs[name] = (step, opt.init(params))
+
+    states = {n: [params, s] for n, (_, s) in runs.items()}
+
+    def call(name, i):
+        fn = runs[name][0]
+        p, s = states[name]
+        t0 = time.perf_counter()
+        if name == "adam":
+            out = _block(fn(p, s))
+        else:
+            out = _block(fn(p, s, jax.random.fold_in(key, i)))
+        dt = time.perf_counter() - t0
+        states[name] = [out[0], out[1]]
+        return dt, float(out[2])
+
+    for name in runs:
+        first[name], _ = call(name, 0)
+    for i in range(1, warmup):
+        for name in runs:
+            call(name, i)
+    times = {n: [] for n in runs}
+    losses = {}
+    for i in range(steps):
+        for name in runs:
+            dt, loss = call(name, warmup + i)
+            times[name].append(dt)
+            losses[name] = loss
+    t = {n: np.asarray(v) for n, v in times.items()}
+    return {
+        "median_ms": {n: 1e3 * float(np.median(v)) for n, v in t.items()},
+        "min_ms": {n: 1e3 * float(np.min(v)) for n, v in t.items()},
+        "kfac_over_adam": float(np.median(t["kfac"] / t["adam"])),
+        "kfac_adaptive_over_adam": float(np.median(t["kfac_adaptive"] / t["adam"])),
+        "first_step_s": first["kfac"],
+        "first_step_adaptive_s": first["kfac_adaptive"],
+        "first_step_adam_s": first["adam"],
+        "final_loss": losses,
+        "diagonal_fallbacks_eqx_mlp": plan.num_uncovered,
+    }
+
+
+def run_peer(warmup: int, steps: int, timeout: int) -> tuple[dict | None, str]:
+    if not PEER_PYTHON.exists():
+        return None, (
+            f"kfac-jax environment not found at {PEER_PYTHON}; run `make bench-env` "
+            "(or bash benchmarks/envs/kfac_jax/setup.sh)"
+        )
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    cmd = [str(PEER_PYTHON), str(PEER_SCRIPT), "--warmup", str(warmup), "--steps", str(steps)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return None, f"kfac-jax subprocess timed out after {timeout} s"
+    if proc.returncode != 0:
+        return None, "kfac-jax subprocess failed: " + proc.stderr.strip()[-2000:]
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")][-1]
+    return json.loads(line), ""
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="10 warm-up + 50 timed steps")
+    parser.add_argument("--json", type=Path, default=None, help="write the figures here")
+    args = parser.parse_args(argv)
+    warmup, steps = (10, 50) if args.quick else (10, 200)
+
+    ours = run_ours(warmup, steps)
+    peer, message = run_peer(warmup, steps, timeout=150 if args.quick else 900)
+
+    result = {
+        "kfac_over_adam": ours["kfac_over_adam"],
+        "kfac_adaptive_over_adam": ours["kfac_adaptive_over_adam"],
+        "kfac_jax_over_adam": None if peer is None else peer["kfac_over_adam"],
+        "kfac_jax_adaptive_over_adam": None if peer is None else peer["kfac_adaptive_over_adam"],
+        "first_step_s": ours["first_step_s"],
+        "kfac_jax_first_step_s": None if peer is None else peer["first_step_s"],
+        "diagonal_fallbacks_eqx_mlp": ours["diagonal_fallbacks_eqx_mlp"],
+        "versions": {
+            "python": platform.python_version(),
+            "jax": jax.__version__,
+            "equinox": eqx.__version__,
+            "optax": optax.__version__,
+            "kfac_jax_env": None if peer is None else peer["versions"],
+        },
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "xla_flags": _FLAGS,
+        },
+        "steps": {"warmup": warmup, "timed": steps},
+        "details": {"ours": ours, "kfac_jax": peer},
+    }
+    if message:
+        result["message"] = message
+
+    def fmt(v, unit=""):
+        return "n/a" if v is None else f"{v:.2f}{unit}"
+
+    print(f"MLP {'-'.join(map(str, SIZES))} tanh, batch {BATCH}, {steps} timed steps (interleaved)")
+    print(f"{'':32s} {'ours (jax ' + jax.__version__ + ')':>22s} {'kfac-jax 0.0.8':>16s}")
+    rows = [
+        ("adam median step", ours["median_ms"]["adam"], peer and peer["median_ms"]["adam"], " ms"),
+        ("kfac median step", ours["median_ms"]["kfac"], peer and peer["median_ms"]["kfac"], " ms"),
+        (
+            "kfac adaptive median step",
+            ours["median_ms"]["kfac_adaptive"],
+            peer and peer["median_ms"]["kfac_adaptive"],
+            " ms",
+        ),
+        ("kfac / adam (median ratio)", result["kfac_over_adam"], result["kfac_jax_over_adam"], "x"),
+        (
+            "kfac adaptive / adam",
+            result["kfac_adaptive_over_adam"],
+            result["kfac_jax_adaptive_over_adam"],
+            "x",
+        ),
+        (
+            "first kfac step (compile)",
+            result["first_step_s"],
+            result["kfac_jax_first_step_s"],
+            " s",
+        ),
+    ]
+    for label, a, b, unit in rows:
+        print(f"{label:32s} {fmt(a, unit):>22s} {fmt(b, unit):>16s}")
+    print(f"diagonal fallbacks on eqx.nn.MLP: ours {ours['diagonal_fallbacks_eqx_mlp']}")
+    if message:
+        print("note:", message)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2, default=float) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,50 @@
+"""respax.curvature: curvature-vector products, estimators, layer capture, K-FAC and EK-FAC.
+
+- Curvature-vector products as lineax operators for the model/output-loss contract:
+  `hessian_operator`, `ggn_operator`, `fisher_operator` (exact or Monte-Carlo),
+  `empirical_fisher_operator`.
+- Estimators: `hutchinson_trace`, `hutchpp_trace`, `hutchinson_diagonal`, `lanczos_top_k`.
+- Layer capture without jaxpr matching: `capture_layers` -> `CapturePlan` (with a coverage
+  `report()`), and the one-pass statistics helper `kfac_stats`.
+- K-FAC as an optax transform: `kfac`, `KFACConfig`, `KFACState`, `kfac_report`.
+- Kronecker factors as pytrees: `KFACFactors`, `fit_kfac_factors`, `EKFACFactors`, `fit_ekfac`,
+  `damped_inverse`.
+"""
+
+from ._capture import (
+    CapturePlan as CapturePlan,
+    LayerInfo as LayerInfo,
+    UncoveredParameterError as UncoveredParameterError,
+    capture_layers as capture_layers,
+    kfac_stats as kfac_stats,
+    layer_to_matrix as layer_to_matrix,
+    matrix_to_layer as matrix_to_layer,
+)
+from ._estimators import (
+    LanczosResult as LanczosResult,
+    hutchinson_diagonal as hutchinson_diagonal,
+    hutchinson_trace as hutchinson_trace,
+    hutchpp_trace as hutchpp_trace,
+    lanczos_top_k as lanczos_top_k,
+)
+from ._factors import (
+    EKFACFactors as EKFACFactors,
+    KFACFactors as KFACFactors,
+    damped_inverse as damped_inverse,
+    fit_ekfac as fit_ekfac,
+    fit_kfac_factors as fit_kfac_factors,
+)
+from ._kfac import (
+    KFACConfig as KFACConfig,
+    KFACState as KFACState,
+    kfac as kfac,
+    kfac_factors_from_state as kfac_factors_from_state,
+    kfac_report as kfac_report,
+)
+from ._products import (
+    empirical_fisher_operator as empirical_fisher_operator,
+    fisher_operator as fisher_operator,
+    ggn_operator as ggn_operator,
+    hessian_operator as hessian_operator,
+    split_params as split_params,
+)

@@ -1,0 +1,624 @@
+"""Layer capture for Kronecker-factored curvature, without jaxpr pattern matching.
+
+The Equinox module tree is walked once. Every supported layer (`eqx.nn.Linear`, `eqx.nn.Conv` with
+`groups=1` and zero padding, `eqx.nn.Embedding`) is replaced, for the statistics pass only, by a
+wrapper that calls the layer and routes its output through an identity with a custom VJP. That
+identity takes zero "probe" arrays as extra inputs; its backward rule returns, as the probes'
+cotangents, the layer's input features `a` (augmented with a 1 for the bias) and its output
+cotangent `g`. Because JAX sums cotangents over every `vmap` under which an unbatched input is
+broadcast, a layer the model applies at many positions (an attention projection vmapped over a
+sequence, a convolution over space) yields per-example sums over positions (KFAC-reduce) and, when
+asked, sums of outer products (KFAC-expand), with no knowledge of how the model is written.
+
+`eqx.nn.LayerNorm` gets a dense block of its own (full, or diagonal when large), estimated from
+exact
+per-example gradients: its parameters are broadcast over the batch so that their cotangents are
+per-example. Every other float parameter gets the same diagonal treatment and is reported as
+UNCOVERED (a warning, or an error with `on_uncovered="raise"`); nothing falls back silently.
+"""
+
+import dataclasses
+import logging
+from collections.abc import Callable
+from typing import Any, Literal
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float, PRNGKeyArray, PyTree
+
+from respax.core import OutputLoss, Params, check_positive_int
+
+__all__ = [
+    "CapturePlan",
+    "LayerInfo",
+    "UncoveredParameterError",
+    "capture_layers",
+    "kfac_stats",
+]
+
+logger = logging.getLogger("respax.curvature")
+
+_KRON_KINDS = ("linear", "conv", "embedding")
+
+
+class UncoveredParameterError(ValueError):
+    """Raised by `capture_layers(..., on_uncovered="raise")` when a parameter has no Kronecker or
+    dense block."""
+
+
+def _node_kind(x: Any) -> str | None:
+    if isinstance(x, eqx.nn.Linear):
+        return "linear"
+    if isinstance(x, eqx.nn.Conv):
+        if x.groups == 1 and x.padding_mode == "ZEROS":
+            return "conv"
+        return None
+    if isinstance(x, eqx.nn.Embedding):
+        return "embedding"
+    if isinstance(x, eqx.nn.LayerNorm):
+        return "layernorm"
+    return None
+
+
+def _is_node(x: Any) -> bool:
+    return _node_kind(x) is not None
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerInfo:
+    """One entry of the coverage report: a group of parameters and the block that covers it.
+
+    Attributes:
+        index: position in the plan (the order of `jax.tree.leaves` with layers as leaves).
+        path: the parameters' path in the model, e.g. `.layers[0]`.
+        kind: `linear`, `conv`, `embedding`, `layernorm` or `uncovered`.
+        block: `kronecker`, `kronecker-diag` (Embedding: diagonal input factor), `full` or
+            `diagonal`.
+        num_params: number of scalar parameters covered.
+        a_dim: size of the input factor (Kronecker blocks; includes the bias row), else 0.
+        g_dim: size of the output factor (Kronecker blocks), else 0.
+        uses: applications of the layer per example (> 1: shared weights).
+        sharing: `none`, `expand` or `reduce` (how shared uses are factored).
+    """
+
+    index: int
+    path: str
+    kind: str
+    block: str
+    num_params: int
+    a_dim: int = 0
+    g_dim: int = 0
+    uses: int = 1
+    sharing: str = "none"
+
+    @property
+    def is_kronecker(self) -> bool:
+        return self.kind in _KRON_KINDS
+
+    @property
+    def quadratic(self) -> bool:
+        """Whether the statistics pass needs sums of outer products (KFAC-expand)."""
+        return self.sharing == "expand"
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class CapturePlan:
+    """What `capture_layers` found: the layers, their blocks and how to run the statistics pass.
+
+    Built once, outside `jit`; passed to `kfac_stats`, `kfac` and the EK-FAC functions. Its
+    `report()` lists every parameter group and the block that covers it.
+    """
+
+    static: Any
+    apply: Callable[[Any, Any], Any]
+    output_loss: OutputLoss
+    layers: tuple[LayerInfo, ...]
+
+    @property
+    def num_uncovered(self) -> int:
+        """How many parameter groups have only a diagonal block (0 is the goal)."""
+        return sum(1 for layer in self.layers if layer.kind == "uncovered")
+
+    def report(self) -> str:
+        """A table of every parameter group and the block that covers it."""
+        rows = [
+            "| # | path | kind | block | params | factors | uses | sharing |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for layer in self.layers:
+            factors = f"{layer.a_dim}x{layer.g_dim}" if layer.is_kronecker else "-"
+            kind = "UNCOVERED" if layer.kind == "uncovered" else layer.kind
+            rows.append(
+                f"| {layer.index} | {layer.path} | {kind} | {layer.block} | {layer.num_params} "
+                f"| {factors} | {layer.uses} | {layer.sharing} |"
+            )
+        covered = len(self.layers) - self.num_uncovered
+        rows.append("")
+        rows.append(
+            f"{covered}/{len(self.layers)} parameter groups covered by Kronecker or dense blocks; "
+            f"{self.num_uncovered} diagonal fallbacks."
+        )
+        return "\n".join(rows)
+
+
+# ----------------------------------------------------------------------------------------------
+# Tree helpers: the plan's items are the supported layers and every other float array, in the
+# order of `jax.tree.leaves(diff, is_leaf=_is_node)`.
+
+
+def _items(diff: Any) -> list[Any]:
+    return jax.tree.leaves(diff, is_leaf=_is_node)
+
+
+def _rebuild(diff: Any, items: list[Any]) -> Any:
+    return jax.tree.structure(diff, is_leaf=_is_node).unflatten(items)
+
+
+def _item_arrays(item: Any) -> list[Array]:
+    return [x for x in jax.tree.leaves(item) if eqx.is_inexact_array(x)]
+
+
+def _paths(diff: Any) -> list[str]:
+    with_path, _ = jax.tree_util.tree_flatten_with_path(diff, is_leaf=_is_node)
+    return [jax.tree_util.keystr(p) or "<root>" for p, _ in with_path]
+
+
+# ----------------------------------------------------------------------------------------------
+# Kronecker matrix form of each layer's parameters: rows = output factor, columns = input factor.
+
+
+def layer_to_matrix(kind: str, layer: Any) -> Float[Array, "o i"]:
+    """The parameters of a Kronecker layer (or its gradient) as one matrix `[out, in(+1)]`.
+
+    Embedding tables are returned as `[embedding_size, num_embeddings]` (output factor first)."""
+    if kind == "embedding":
+        return layer.weight.T
+    w = layer.weight.reshape(layer.weight.shape[0], -1)
+    if layer.bias is not None:
+        w = jnp.concatenate([w, layer.bias.reshape(-1, 1)], axis=1)
+    return w
+
+
+def matrix_to_layer(kind: str, layer: Any, m: Array) -> Any:
+    """Inverse of `layer_to_matrix`: a copy of `layer` with the matrix written back."""
+    if kind == "embedding":
+        return eqx.tree_at(lambda lyr: lyr.weight, layer, m.T.astype(layer.weight.dtype))
+    n_w = int(np.prod(layer.weight.shape[1:]))
+    w = m[:, :n_w].reshape(layer.weight.shape).astype(layer.weight.dtype)
+    if layer.bias is None:
+        return eqx.tree_at(lambda lyr: lyr.weight, layer, w)
+    b = m[:, n_w].reshape(layer.bias.shape).astype(layer.bias.dtype)
+    return eqx.tree_at(lambda lyr: (lyr.weight, lyr.bias), layer, (w, b))
+
+
+def _dims(kind: str, layer: Any) -> tuple[int, int]:
+    if kind == "embedding":
+        return int(layer.weight.shape[0]), int(layer.weight.shape[1])
+    a = int(np.prod(layer.weight.shape[1:])) + (layer.bias is not None)
+    return a, int(layer.weight.shape[0])
+
+
+# ----------------------------------------------------------------------------------------------
+# The tap: an identity on the layer output whose VJP reports the layer statistics.
+
+
+def _make_tap(quadratic: bool):
+    @jax.custom_vjp
+    def tap(a, y, probes):
+        return y
+
+    def fwd(a, y, probes):
+        return y, (a, probes)
+
+    def bwd(res, gy):
+        a, probes = res
+        g = gy.reshape(-1, gy.shape[-1]) if gy.ndim else gy.reshape(1, 1)
+        ct = {
+            "a": jnp.sum(a, axis=0).astype(probes["a"].dtype),
+            "g": jnp.sum(g, axis=0).astype(probes["g"].dtype),
+            # The count must depend on batched data: a constant cotangent would not be summed
+            # over the vmaps the layer runs under (bwd rules are meant to be linear).
+            "c": (a.shape[0] + 0.0 * (a.ravel()[0] + g.ravel()[0])).astype(probes["c"].dtype),
+        }
+        if quadratic:
+            if "aa" in probes:
+                ct["aa"] = (a.T @ a).astype(probes["aa"].dtype)
+            ct["gg"] = (g.T @ g).astype(probes["gg"].dtype)
+        return jnp.zeros_like(a), gy, ct
+
+    tap.defvjp(fwd, bwd)
+    return tap
+
+
+class _Tapped(eqx.Module):
+    layer: Any
+    probes: dict
+    kind: str = eqx.field(static=True)
+    quadratic: bool = eqx.field(static=True)
+
+    def __call__(self, x, *, key: PRNGKeyArray | None = None):
+        layer = self.layer
+        y = layer(x)
+        if self.kind == "linear":
+            a = jnp.ravel(x)[None, :]
+            if layer.bias is not None:
+                a = jnp.concatenate([a, jnp.ones((1, 1), a.dtype)], axis=1)
+            y_rows = y
+        elif self.kind == "conv":
+            nsd = layer.num_spatial_dims
+            patches = jax.lax.conv_general_dilated_patches(
+                x[None],
+                filter_shape=layer.kernel_size,
+                window_strides=layer.stride,
+                padding=layer.padding,
+                rhs_dilation=layer.dilation,
+            )[0]
+            a = jnp.moveaxis(patches.reshape(patches.shape[0], -1), 0, 1)
+            if layer.bias is not None:
+                a = jnp.concatenate([a, jnp.ones((a.shape[0], 1), a.dtype)], axis=1)
+            # Output cotangent rows must be positions: move channels last inside the tap.
+            y_rows = jnp.moveaxis(y, 0, nsd)
+        else:  # embedding
+            a = jax.nn.one_hot(x, layer.weight.shape[0], dtype=layer.weight.dtype)[None, :]
+            y_rows = y
+        tap = _make_tap(self.quadratic)
+        out = tap(a, y_rows, self.probes)
+        if self.kind == "conv":
+            out = jnp.moveaxis(out, -1, 0)
+        return out
+
+
+# ----------------------------------------------------------------------------------------------
+# The plan.
+
+
+def capture_layers(
+    model: Params,
+    output_loss: OutputLoss,
+    example_input: Any,
+    *,
+    apply: Callable[[Any, Any], Any] | None = None,
+    sharing: Literal["expand", "reduce"] = "expand",
+    dense_block_max_size: int = 2048,
+    on_uncovered: Literal["warn", "raise", "ignore"] = "warn",
+) -> CapturePlan:
+    """Find the layers of an Equinox model and the curvature block of every parameter.
+
+    Runs the model once on `example_input` (one example) to count how often each layer is applied
+    per example (more than once means shared weights).
+
+    Args:
+        model: the Equinox model (or any pytree holding Equinox layers).
+        output_loss: the output loss of the model/loss contract.
+        example_input: ONE example (not a batch); zeros of the right shape are enough.
+        apply: `apply(model, x) -> outputs` for one example; default `model(x)`.
+        sharing: how layers applied several times per example are factored: `"expand"` (the
+            positions act as extra examples) or `"reduce"` (sum over positions first).
+            Convolutions always use expand (KFC).
+        dense_block_max_size: LayerNorm blocks up to this many parameters are full matrices,
+            larger ones diagonal.
+        on_uncovered: what to do about parameters outside every supported layer (they get a
+            diagonal block): log at WARNING (default), raise `UncoveredParameterError`, or nothing.
+
+    Returns:
+        A `CapturePlan`.
+
+    Example:
+        >>> import equinox as eqx, jax, jax.numpy as jnp
+        >>> from respax.core import SoftmaxCrossEntropy
+        >>> mlp = eqx.nn.MLP(4, 3, 8, 2, key=jax.random.key(0))
+        >>> plan = capture_layers(mlp, SoftmaxCrossEntropy(), jnp.zeros(4))
+        >>> [layer.block for layer in plan.layers], plan.num_uncovered
+        (['kronecker', 'kronecker', 'kronecker'], 0)
+    """
+    if not isinstance(output_loss, OutputLoss):
+        raise TypeError(
+            f"`output_loss` must be a respax.core.OutputLoss, got {type(output_loss).__name__}."
+        )
+    if sharing not in ("expand", "reduce"):
+        raise ValueError(f"`sharing` must be 'expand' or 'reduce', got {sharing!r}.")
+    if on_uncovered not in ("warn", "raise", "ignore"):
+        raise ValueError(
+            f"`on_uncovered` must be 'warn', 'raise' or 'ignore', got {on_uncovered!r}."
+        )
+    check_positive_int("dense_block_max_size", dense_block_max_size)
+    if apply is None:
+        apply = lambda m, x: m(x)
+    diff, static = eqx.partition(model, eqx.is_inexact_array)
+    items = _items(diff)
+    paths = _paths(diff)
+    infos = []
+    for i, (item, path) in enumerate(zip(items, paths, strict=True)):
+        kind = _node_kind(item)
+        n = sum(int(np.prod(x.shape)) for x in _item_arrays(item))
+        if kind in _KRON_KINDS:
+            a_dim, g_dim = _dims(kind, item)
+            block = "kronecker-diag" if kind == "embedding" else "kronecker"
+            infos.append(LayerInfo(i, path, kind, block, n, a_dim, g_dim))
+        elif kind == "layernorm":
+            block = "full" if n <= dense_block_max_size else "diagonal"
+            infos.append(LayerInfo(i, path, kind, block, n))
+        else:
+            infos.append(LayerInfo(i, path, "uncovered", "diagonal", n))
+    plan = CapturePlan(static, apply, output_loss, tuple(infos))
+
+    # Count uses per example with one concrete pass on the example (shapes only matter).
+    counts = _count_uses(plan, diff, example_input)
+    new_infos = []
+    for info in infos:
+        if info.is_kronecker:
+            uses = int(round(float(counts[info.index])))
+            if info.kind in ("conv", "embedding"):
+                share = "expand" if uses > 1 or info.kind == "conv" else "none"
+            else:
+                share = sharing if uses > 1 else "none"
+            info = dataclasses.replace(info, uses=uses, sharing=share)
+        new_infos.append(info)
+    plan = dataclasses.replace(plan, layers=tuple(new_infos))
+
+    uncovered = [layer for layer in plan.layers if layer.kind == "uncovered"]
+    if uncovered:
+        msg = (
+            f"{len(uncovered)} parameter group(s) are not covered by a Kronecker or dense "
+            "block and "
+            "get a diagonal block: " + ", ".join(f"{u.path} ({u.num_params})" for u in uncovered)
+        )
+        if on_uncovered == "raise":
+            raise UncoveredParameterError(msg)
+        if on_uncovered == "warn":
+            logger.warning(msg)
+    return plan
+
+
+def _zero_probes(plan: CapturePlan, batch: int | None, dtype, quadratic_too: bool):
+    probes = {}
+    for info in plan.layers:
+        if not info.is_kronecker:
+            continue
+        lead = () if batch is None else (batch,)
+        p = {
+            "a": jnp.zeros(lead + (info.a_dim,), dtype),
+            "g": jnp.zeros(lead + (info.g_dim,), dtype),
+            "c": jnp.zeros(lead, dtype),
+        }
+        probes[info.index] = p
+    return probes
+
+
+def _quad_probes(plan: CapturePlan, dtype):
+    probes = {}
+    for info in plan.layers:
+        if info.is_kronecker and info.quadratic:
+            p = {"gg": jnp.zeros((info.g_dim, info.g_dim), dtype)}
+            if info.kind != "embedding":
+                p["aa"] = jnp.zeros((info.a_dim, info.a_dim), dtype)
+            probes[info.index] = p
+    return probes
+
+
+def _tap_model(plan: CapturePlan, model: Any, probes: dict, quad: dict) -> Any:
+    counter = iter(range(len(plan.layers)))
+    # The full model has the same node order as its float part, but also non-float leaves; count
+    # only nodes and float arrays so that indices match the plan.
+
+    def visit(x):
+        if _is_node(x):
+            i = next(counter)
+            info = plan.layers[i]
+            if info.is_kronecker:
+                p = dict(probes[i])
+                if i in quad:
+                    p.update(quad[i])
+                return _Tapped(x, p, info.kind, i in quad)
+            return x
+        if eqx.is_inexact_array(x):
+            next(counter)
+        return x
+
+    return jax.tree.map(visit, model, is_leaf=_is_node)
+
+
+def _per_example_fn(plan: CapturePlan):
+    def per_example(kron_part, pe_part, probes, quad, x):
+        diff = eqx.combine(kron_part, pe_part, is_leaf=_is_node_none)
+        model = eqx.combine(diff, plan.static)
+        model = _tap_model(plan, model, probes, quad)
+        out = plan.apply(model, x)
+        if jnp.ndim(out) != 1:
+            raise ValueError(
+                "`apply(model, x)` must return a vector of shape (k,) for one example, got shape "
+                f"{jnp.shape(out)}."
+            )
+        return out
+
+    return per_example
+
+
+def _is_node_none(x):
+    return x is None
+
+
+def _split_kron_pe(plan: CapturePlan, diff: Any) -> tuple[Any, Any]:
+    items = _items(diff)
+    if len(items) != len(plan.layers):
+        raise ValueError(
+            f"`params` has {len(items)} parameter groups but the plan has {len(plan.layers)}; "
+            "pass the model the plan was built from (or its float part)."
+        )
+    kron, pe = [], []
+    for info, item in zip(plan.layers, items, strict=True):
+        if info.is_kronecker:
+            kron.append(item)
+            pe.append(jax.tree.map(lambda _: None, item))
+        else:
+            kron.append(jax.tree.map(lambda _: None, item))
+            pe.append(item)
+    return _rebuild(diff, kron), _rebuild(diff, pe)
+
+
+def _count_uses(plan: CapturePlan, diff: Any, example_input: Any) -> dict[int, Any]:
+    kron, pe = _split_kron_pe(plan, diff)
+    dtype = jnp.result_type(*[x.dtype for x in jax.tree.leaves(diff)] or [jnp.float32])
+    probes = _zero_probes(plan, None, dtype, False)
+    f = _per_example_fn(plan)
+
+    @jax.jit
+    def counts(kron, pe, probes, x):
+        out, vjp = jax.vjp(lambda p: f(kron, pe, p, {}, x), probes)
+        (ct,) = vjp(jnp.ones_like(out))
+        return {i: c["c"] for i, c in ct.items()}
+
+    x = jax.tree.map(jnp.asarray, example_input)
+    return {i: np.asarray(c) for i, c in counts(kron, pe, probes, x).items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# The combined statistics pass.
+
+
+def _flat_item(item) -> Array:
+    return jnp.concatenate([jnp.ravel(x) for x in _item_arrays(item)])
+
+
+def kfac_stats(
+    plan: CapturePlan,
+    params: Params,
+    inputs: Any,
+    targets: Any,
+    *,
+    mode: Literal["empirical", "mc", "expected"] = "mc",
+    key: PRNGKeyArray | None = None,
+    num_samples: int = 1,
+) -> tuple[Float[Array, ""], PyTree, tuple[dict[str, Array], ...]]:
+    """Loss, gradients and per-layer curvature factors of one batch, from one forward pass.
+
+    One forward pass and one backward pass give the loss, the gradient of the batch-mean loss and,
+    through the layer taps, every layer's inputs and (empirical-Fisher) output cotangents. The
+    `"mc"` mode adds one backward pass per sampled label set, and `"expected"` one per column of the
+    output Hessian square root (the exact, analytic GGN/Fisher factors); both reuse the same forward
+    pass. The factors are batch means, ready for `kfac`'s exponential moving average:
+
+    - Kronecker layers: `{"A": [a, a], "G": [g, g]}` (Embedding: `"A"` is the diagonal `[a]`), with
+      `A = E[a a^T]`, `G = E[g g^T]` per the layer's sharing (see `capture_layers`);
+    - dense blocks (LayerNorm, uncovered parameters): `{"F": [p, p]}` or `{"F": [p]}` (diagonal),
+      the mean outer product of exact per-example gradients.
+
+    Args:
+        plan: from `capture_layers`.
+        params: the model or its float part (`eqx.filter(model, eqx.is_inexact_array)`).
+        inputs: a batch of inputs (leading axis = examples).
+        targets: the batch's targets.
+        mode: `"empirical"` (true labels), `"mc"` (labels sampled from the model, `num_samples`
+            per example) or `"expected"` (exact expectation through `hessian_sqrt`).
+        key: PRNG key, required for `mode="mc"`.
+        num_samples: sampled labels per example in `mode="mc"`.
+
+    Returns:
+        `(loss, grads, stats)`: the batch-mean loss, its gradient (the float part of `params`),
+        and a tuple of per-group factor dicts in the plan's order.
+
+    Example:
+        >>> import equinox as eqx, jax, jax.numpy as jnp
+        >>> from respax.core import GaussianLoss
+        >>> mlp = eqx.nn.MLP(3, 2, 4, 1, key=jax.random.key(0))
+        >>> plan = capture_layers(mlp, GaussianLoss(), jnp.zeros(3))
+        >>> x, y = jnp.ones((8, 3)), jnp.zeros((8, 2))
+        >>> loss, grads, stats = kfac_stats(plan, mlp, x, y, mode="expected")
+        >>> stats[0]["A"].shape, stats[0]["G"].shape
+        ((4, 4), (4, 4))
+    """
+    if mode not in ("empirical", "mc", "expected"):
+        raise ValueError(f"`mode` must be 'empirical', 'mc' or 'expected', got {mode!r}.")
+    if mode == "mc":
+        if key is None:
+            raise ValueError("`key` is required for mode='mc'.")
+        check_positive_int("num_samples", num_samples)
+    diff, _ = eqx.partition(params, eqx.is_inexact_array)
+    kron, pe = _split_kron_pe(plan, diff)
+    batch = jax.tree.leaves(inputs)[0].shape[0]
+    dtype = jnp.result_type(*[x.dtype for x in jax.tree.leaves(diff)])
+    pe_b = jax.tree.map(lambda x: jnp.broadcast_to(x, (batch,) + x.shape), pe)
+    probes = _zero_probes(plan, batch, dtype, False)
+    quad = _quad_probes(plan, dtype)
+    per_example = _per_example_fn(plan)
+    f = jax.vmap(per_example, in_axes=(None, 0, 0, None, 0))
+
+    outputs, vjp_fn = jax.vjp(lambda k, p, pr, q: f(k, p, pr, q, inputs), kron, pe_b, probes, quad)
+    loss_obj = plan.output_loss
+    per_loss = loss_obj.per_example_loss(outputs, targets)
+    loss = jnp.mean(per_loss)
+    e = jax.vmap(jax.grad(loss_obj.loss))(outputs, targets)
+    g_kron, g_pe, ct_probes, ct_quad = vjp_fn(e)
+    grads = eqx.combine(
+        jax.tree.map(lambda x: x / batch, g_kron),
+        jax.tree.map(lambda x: jnp.sum(x, axis=0) / batch, g_pe),
+        is_leaf=_is_node_none,
+    )
+
+    # Cotangent sets for the output-side statistics, with their weights.
+    if mode == "empirical":
+        pr_s, q_s, pe_s = jax.tree.map(lambda x: x[None], (ct_probes, ct_quad, g_pe))
+        weight = 1.0
+    else:
+        if mode == "mc":
+            keys = jax.random.split(key, (num_samples, batch))
+            sampled = jax.vmap(lambda ks: jax.vmap(loss_obj.sample_targets)(ks, outputs))(keys)
+            cts = jax.vmap(lambda t: jax.vmap(jax.grad(loss_obj.loss))(outputs, t))(sampled)
+            weight = 1.0 / num_samples
+        else:
+            s = jax.vmap(loss_obj.hessian_sqrt)(outputs)  # (b, k, r)
+            cts = jnp.moveaxis(s, 2, 0)  # (r, b, k)
+            weight = 1.0
+        cts = jax.lax.stop_gradient(cts).astype(outputs.dtype)
+        if cts.shape[0] == 1:  # one set: no vmap over the backward pass (smaller program)
+            _, pe_s, pr_s, q_s = jax.tree.map(lambda t: t[None], vjp_fn(cts[0]))
+        else:
+            _, pe_s, pr_s, q_s = jax.vmap(vjp_fn)(cts)
+
+    stats = []
+    # The per-example tree has one item per plan entry (Kronecker layers appear with None fields).
+    pe_items = _items(pe_s)
+    for info in plan.layers:
+        if info.is_kronecker:
+            stats.append(
+                _kron_factors(
+                    info,
+                    ct_probes[info.index],
+                    ct_quad.get(info.index),
+                    pr_s[info.index],
+                    q_s.get(info.index),
+                    weight,
+                    batch,
+                )
+            )
+        else:
+            item = pe_items[info.index]
+            arrays = _item_arrays(item)
+            # arrays: each (sets, b, ...) -> per-example flat gradients (sets, b, p)
+            flat = jnp.concatenate([x.reshape(x.shape[0], x.shape[1], -1) for x in arrays], -1)
+            if info.block == "full":
+                fmat = jnp.einsum("sbi,sbj->ij", flat, flat) * (weight / batch)
+            else:
+                fmat = jnp.sum(flat**2, axis=(0, 1)) * (weight / batch)
+            stats.append({"F": fmat})
+    return loss, grads, tuple(stats)
+
+
+def _kron_factors(info: LayerInfo, pr_first, q_first, pr_sets, q_sets, weight, batch):
+    a = pr_first["a"]  # (b, a_dim): sums over positions
+    c = pr_first["c"]  # (b,)
+    if info.kind == "embedding":
+        a_fac = jnp.sum(a, axis=0) / jnp.sum(c)
+    elif info.sharing == "expand":
+        a_fac = q_first["aa"] / jnp.sum(c)
+    else:
+        abar = a / c[:, None]  # the mean over positions (identity when used once)
+        a_fac = abar.T @ abar / batch
+    if info.quadratic:
+        g_fac = jnp.sum(q_sets["gg"], axis=0) * (weight / batch)
+    else:
+        g = pr_sets["g"]  # (sets, b, g_dim)
+        g_fac = jnp.einsum("sbi,sbj->ij", g, g) * (weight / batch)
+    return {"A": a_fac, "G": g_fac}

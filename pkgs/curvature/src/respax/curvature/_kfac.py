@@ -1,0 +1,387 @@
+"""K-FAC (Martens & Grosse 2015) as a pure optax `GradientTransformationExtraArgs`.
+
+The statistics come from `kfac_stats` (one forward pass, one backward pass plus the sampled ones);
+`update(grads, state, params, stats=..., loss=..., batch=...)` consumes them:
+
+1. L2 (declared once, `l2_reg`) is added to the gradient and to the damping;
+2. factors: exponential moving average (normalised by the accumulated EMA weight);
+3. every `inverse_update_period` steps: factored-Tikhonov (pi) damped inverses by eigendecomposition
+   (`damped_inverse`: eigenvalue clipping and a diagonal fallback, both counted);
+4. the proposal `Δ = -F̃^{-1} ∇h`; the step `δ = α Δ + μ v` with fixed `(α, μ)` or the minimiser of
+   the exact quadratic model `½ δ^T (C + (λ+η) I) δ + ∇h^T δ` on `span{Δ, v}`, `C` the batch GGN;
+5. norm constraint (fixed learning rate): `α ≤ sqrt(c / (Δ^T ∇h))`;
+6. Levenberg-Marquardt: every `damping_adaptation_interval` steps, `ρ = (h(θ+δ) - h(θ)) / q(δ)`;
+   `λ ← λ / ω` if `ρ < 1/4`, `λ ← λ ω` if `ρ > 3/4`, with `ω = damping_decay^interval`;
+7. a step whose loss, gradient or statistics are not finite is skipped (zero update, state kept)
+   and counted.
+"""
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import optax
+import optax.tree as otu
+from jaxtyping import Array, Float, Int, PyTree
+
+from respax.core import check_positive, check_positive_int, check_same_structure
+
+from ._capture import CapturePlan
+from ._factors import KFACFactors, _apply_blocks, _block_inverses
+from ._products import _batched_apply
+
+__all__ = ["KFACConfig", "KFACState", "kfac", "kfac_factors_from_state", "kfac_report"]
+
+
+@dataclasses.dataclass(frozen=True)
+class KFACConfig:
+    """Hyperparameters of `kfac` (11 fields).
+
+    Attributes:
+        learning_rate: fixed step size α, or None to choose it from the quadratic model.
+        momentum: fixed momentum μ, or None to choose it from the quadratic model (with
+            `learning_rate=None`: both jointly; with a fixed learning rate, `None` means 0).
+        damping: the initial Tikhonov damping λ (> 0, or 0 for none).
+        adapt_damping: Levenberg-Marquardt adaptation of λ (needs `loss` and `batch` in update).
+        damping_adaptation_interval: steps between λ updates.
+        damping_decay: ω per step; λ changes by `damping_decay ** interval` per adaptation.
+        min_damping: lower bound for adapted λ.
+        ema_decay: factor EMA decay in [0, 1); 0 uses only the current batch.
+        inverse_update_period: steps between inverse refreshes (T).
+        l2_reg: L2 regularisation η, added to the gradient, the damping and the loss of ρ.
+        norm_constraint: None, or c > 0 bounding `α^2 Δ^T ∇h` (fixed learning rate only).
+    """
+
+    learning_rate: float | None = 1e-2
+    momentum: float | None = 0.9
+    damping: float = 1e-3
+    adapt_damping: bool = False
+    damping_adaptation_interval: int = 5
+    damping_decay: float = 0.95
+    min_damping: float = 1e-8
+    ema_decay: float = 0.95
+    inverse_update_period: int = 5
+    l2_reg: float = 0.0
+    norm_constraint: float | None = None
+
+    def __post_init__(self):
+        if self.learning_rate is not None:
+            check_positive("learning_rate", self.learning_rate)
+        if self.momentum is not None:
+            check_positive("momentum", self.momentum, allow_zero=True)
+        check_positive("damping", self.damping, allow_zero=True)
+        check_positive_int("damping_adaptation_interval", self.damping_adaptation_interval)
+        if not (0.0 < self.damping_decay < 1.0):
+            raise ValueError(f"`damping_decay` must be in (0, 1), got {self.damping_decay!r}.")
+        check_positive("min_damping", self.min_damping, allow_zero=True)
+        if not (0.0 <= self.ema_decay < 1.0):
+            raise ValueError(f"`ema_decay` must be in [0, 1), got {self.ema_decay!r}.")
+        check_positive_int("inverse_update_period", self.inverse_update_period)
+        check_positive("l2_reg", self.l2_reg, allow_zero=True)
+        if self.norm_constraint is not None:
+            check_positive("norm_constraint", self.norm_constraint)
+        if self.adapt_damping and self.damping <= 0:
+            raise ValueError("`damping` must be > 0 when `adapt_damping=True`.")
+
+    @property
+    def needs_batch(self) -> bool:
+        return self.learning_rate is None or self.momentum is None or self.adapt_damping
+
+
+class KFACState(NamedTuple):
+    """The whole K-FAC state: one pytree of arrays."""
+
+    step: Int[Array, ""]  # int32: updates applied (skipped steps excluded)
+    factors: tuple  # per group: EMA sums of {"A","G"} or {"F"}, param dtype
+    ema_weight: Float[Array, ""]  # accumulated EMA weight (normalises `factors`)
+    inverses: tuple  # per group: damped inverses {"A","G"} or {"F"}
+    damping: Float[Array, ""]  # λ
+    velocity: PyTree  # the previous update δ (structure of the float params)
+    num_skipped: Int[Array, ""]  # int32: non-finite steps skipped
+    num_fallbacks: Int[Array, ""]  # int32: eigh failures replaced by the diagonal fallback
+    num_clipped: Int[Array, ""]  # int32: negative eigenvalues clipped to 0
+    learning_rate: Float[Array, ""]  # α of the last step
+    momentum: Float[Array, ""]  # μ of the last step
+    rho: Float[Array, ""]  # last reduction ratio (nan before the first adaptation)
+    quad_change: Float[Array, ""]  # q(δ) of the last step (nan when not computed)
+
+
+def _zero_factors(plan: CapturePlan, diff: Any) -> tuple:
+    out = []
+    dtype = jnp.result_type(*[x.dtype for x in jax.tree.leaves(diff)])
+    for info in plan.layers:
+        if info.is_kronecker:
+            a = (info.a_dim,) if info.kind == "embedding" else (info.a_dim, info.a_dim)
+            out.append({"A": jnp.zeros(a, dtype), "G": jnp.zeros((info.g_dim, info.g_dim), dtype)})
+        elif info.block == "full":
+            out.append({"F": jnp.zeros((info.num_params, info.num_params), dtype)})
+        else:
+            out.append({"F": jnp.zeros((info.num_params,), dtype)})
+    return tuple(out)
+
+
+def _all_finite(tree) -> Array:
+    leaves = [x for x in jax.tree.leaves(tree) if eqx.is_inexact_array(x)]
+    if not leaves:
+        return jnp.asarray(True)
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def kfac(
+    plan: CapturePlan, config: KFACConfig = KFACConfig()
+) -> optax.GradientTransformationExtraArgs:
+    """K-FAC as an optax transform.
+
+    Args:
+        plan: from `capture_layers` (the model's layers, apply function and output loss).
+        config: a `KFACConfig`.
+
+    Returns:
+        An `optax.GradientTransformationExtraArgs`. `init(params)` takes the model's float
+        parameters (`eqx.filter(model, eqx.is_inexact_array)`); `update(grads, state, params, *,
+        stats, loss=None, batch=None)` takes the outputs of `kfac_stats` (`loss` is required for
+        damping adaptation; `batch=(inputs, targets)` whenever the learning rate, momentum or
+        damping is adaptive). The returned updates are to be added to the parameters.
+
+    Example:
+        >>> import equinox as eqx, jax, jax.numpy as jnp, optax
+        >>> from respax.core import GaussianLoss
+        >>> from respax.curvature import capture_layers, kfac, kfac_stats, KFACConfig
+        >>> model = eqx.nn.MLP(2, 1, 8, 1, key=jax.random.key(0))
+        >>> plan = capture_layers(model, GaussianLoss(), jnp.zeros(2))
+        >>> opt = kfac(plan, KFACConfig(learning_rate=0.1, momentum=0.0, damping=1e-2))
+        >>> params = eqx.filter(model, eqx.is_inexact_array)
+        >>> state = opt.init(params)
+        >>> x = jax.random.normal(jax.random.key(1), (32, 2)); y = x[:, :1] * x[:, 1:]
+        >>> loss, grads, stats = kfac_stats(plan, params, x, y, mode="expected")
+        >>> updates, state = opt.update(grads, state, params, stats=stats)
+        >>> params = optax.apply_updates(params, updates)
+        >>> int(state.step)
+        1
+    """
+    if not isinstance(plan, CapturePlan):
+        raise TypeError(
+            f"`plan` must be a CapturePlan from capture_layers, got {type(plan).__name__}."
+        )
+    if not isinstance(config, KFACConfig):
+        raise TypeError(f"`config` must be a KFACConfig, got {type(config).__name__}.")
+    cfg = config
+    eta = cfg.l2_reg
+
+    def init(params):
+        diff, _ = eqx.partition(params, eqx.is_inexact_array)
+        factors = _zero_factors(plan, diff)
+        dtype = jnp.result_type(*[x.dtype for x in jax.tree.leaves(diff)])
+        inverses, _, _ = _block_inverses(plan, factors, jnp.asarray(1.0, dtype))
+        f = lambda v: jnp.asarray(v, dtype)
+        return KFACState(
+            step=jnp.zeros((), jnp.int32),
+            factors=factors,
+            ema_weight=f(0.0),
+            inverses=inverses,
+            damping=f(cfg.damping),
+            velocity=otu.zeros_like(diff),
+            num_skipped=jnp.zeros((), jnp.int32),
+            num_fallbacks=jnp.zeros((), jnp.int32),
+            num_clipped=jnp.zeros((), jnp.int32),
+            learning_rate=f(cfg.learning_rate or 0.0),
+            momentum=f(cfg.momentum or 0.0),
+            rho=f(jnp.nan),
+            quad_change=f(jnp.nan),
+        )
+
+    def update(grads, state, params=None, *, stats=None, loss=None, batch=None, **unused):
+        del unused
+        if params is None:
+            raise ValueError("kfac's update needs `params`.")
+        if stats is None:
+            raise ValueError("kfac's update needs `stats=` from kfac_stats.")
+        diff, _ = eqx.partition(params, eqx.is_inexact_array)
+        grads, _ = eqx.partition(grads, eqx.is_inexact_array)
+        check_same_structure("grads", grads, "params", diff)
+        if len(stats) != len(plan.layers):
+            raise ValueError(f"`stats` must have {len(plan.layers)} groups, got {len(stats)}.")
+        if cfg.needs_batch and batch is None:
+            raise ValueError(
+                "`batch=(inputs, targets)` is required for adaptive learning rate, "
+                "momentum or damping."
+            )
+        if cfg.adapt_damping and loss is None:
+            raise ValueError("`loss` is required when `adapt_damping=True`.")
+        dtype = state.damping.dtype
+        if eta > 0:
+            grads = otu.add_scale(grads, eta, diff)
+        ok = _all_finite(grads) & _all_finite(stats)
+        if loss is not None:
+            ok = ok & jnp.isfinite(loss)
+        # Non-finite inputs are replaced by zeros before use so nothing NaN reaches the state.
+        safe = lambda t: jax.tree.map(lambda x: jnp.where(ok, x, jnp.zeros_like(x)), t)
+        grads_s, stats_s = safe(grads), safe(stats)
+
+        # 1. Factor EMA.
+        decay = jnp.asarray(cfg.ema_decay, dtype)
+        factors = jax.tree.map(
+            lambda old, new: decay * old + (1 - decay) * new.astype(old.dtype),
+            state.factors,
+            stats_s,
+        )
+        ema_weight = decay * state.ema_weight + (1 - decay)
+        damping = state.damping
+        gamma = damping + eta
+
+        # 2. Inverse refresh every T steps.
+        def refresh(_):
+            normed = jax.tree.map(lambda x: x / ema_weight, factors)
+            inv, fb, cl = _block_inverses(plan, normed, gamma)
+            inv = jax.tree.map(lambda a, b: a.astype(b.dtype), inv, state.inverses)
+            return inv, fb, cl
+
+        def keep(_):
+            z = jnp.zeros((), jnp.int32)
+            return state.inverses, z, z
+
+        inverses, fb, cl = jax.lax.cond(
+            state.step % cfg.inverse_update_period == 0, refresh, keep, None
+        )
+
+        # 3. Proposal Δ = -F̃^{-1} ∇h.
+        delta = otu.scale(-1.0, _apply_blocks(plan, inverses, grads_s, "grads"))
+        v = state.velocity
+        g_dot_delta = otu.vdot(grads_s, delta)
+        g_dot_v = otu.vdot(grads_s, v)
+
+        quad = None
+        if cfg.needs_batch:
+            inputs, targets = batch
+            f = _batched_apply(plan.apply, plan.static, inputs)
+            outputs, jvp_fn = jax.linearize(f, diff)
+            jd, jv = jvp_fn(delta), jvp_fn(v)
+            # Output-space Hessian products by autodiff (never materialising k x k Hessians); for
+            # the canonical losses the Hessian does not depend on the targets.
+            out_grad = jax.grad(plan.output_loss.loss)
+            hvp_out = jax.vmap(lambda o, t, u: jax.jvp(lambda z: out_grad(z, t), (o,), (u,))[1])
+            hd, hv = hvp_out(outputs, targets, jd), hvp_out(outputs, targets, jv)
+            nb = outputs.shape[0]
+            c = (
+                jnp.stack(
+                    [
+                        jnp.stack([jnp.sum(jd * hd), jnp.sum(jd * hv)]),
+                        jnp.stack([jnp.sum(jv * hd), jnp.sum(jv * hv)]),
+                    ]
+                )
+                / nb
+            )
+            c = 0.5 * (c + c.T)
+            dots = jnp.stack(
+                [
+                    jnp.stack([otu.vdot(delta, delta), otu.vdot(delta, v)]),
+                    jnp.stack([otu.vdot(v, delta), otu.vdot(v, v)]),
+                ]
+            )
+            c_eta = (c + eta * dots).astype(dtype)  # undamped model (for ρ)
+            c_damped = c_eta + damping * dots
+            quad = (c_eta, c_damped)
+
+        # 4. α and μ.
+        b = jnp.stack([g_dot_delta, g_dot_v]).astype(dtype)
+        if cfg.learning_rate is None:
+            _, m = quad
+            tiny = jnp.finfo(dtype).tiny
+            if cfg.momentum is None:
+                det = m[0, 0] * m[1, 1] - m[0, 1] * m[1, 0]
+                use_2d = (m[1, 1] > tiny) & (jnp.abs(det) > 1e-12 * (m[0, 0] * m[1, 1] + tiny))
+                safe_det = jnp.where(use_2d, det, 1.0)
+                alpha2 = -(m[1, 1] * b[0] - m[0, 1] * b[1]) / safe_det
+                mu2 = -(-m[1, 0] * b[0] + m[0, 0] * b[1]) / safe_det
+                alpha1 = -b[0] / jnp.maximum(m[0, 0], tiny)
+                alpha = jnp.where(use_2d, alpha2, alpha1)
+                mu = jnp.where(use_2d, mu2, 0.0)
+            else:
+                mu = jnp.asarray(cfg.momentum, dtype)
+                alpha = -(b[0] + mu * m[0, 1]) / jnp.maximum(m[0, 0], tiny)
+        else:
+            alpha = jnp.asarray(cfg.learning_rate, dtype)
+            mu = jnp.asarray(cfg.momentum or 0.0, dtype)
+            if cfg.norm_constraint is not None:
+                sq = -g_dot_delta * alpha**2  # α^2 Δ̂^T ∇h with Δ̂ = -Δ, >= 0 for PSD F̃
+                scale = jnp.minimum(1.0, jnp.sqrt(cfg.norm_constraint / jnp.maximum(sq, 1e-30)))
+                alpha = alpha * scale
+        alpha = jnp.where(jnp.isfinite(alpha), alpha, 0.0)
+        mu = jnp.where(jnp.isfinite(mu), mu, 0.0)
+        step_vec = otu.add(otu.scale(alpha, delta), otu.scale(mu, v))
+
+        # 5. Quadratic change and Levenberg-Marquardt.
+        rho, q_change = state.rho, jnp.asarray(jnp.nan, dtype)
+        if quad is not None:
+            x = jnp.stack([alpha, mu])
+            q_change = 0.5 * x @ quad[0] @ x + b @ x
+        if cfg.adapt_damping:
+            inputs, targets = batch
+            adapt_now = (state.step + 1) % cfg.damping_adaptation_interval == 0
+            loss_h = loss + 0.5 * eta * otu.vdot(diff, diff)
+
+            def new_loss(_):
+                new = otu.add(diff, step_vec)
+                f = _batched_apply(plan.apply, plan.static, inputs)
+                val = plan.output_loss.mean_loss(f(new), targets)
+                return (val + 0.5 * eta * otu.vdot(new, new)).astype(dtype)
+
+            loss_new = jax.lax.cond(adapt_now, new_loss, lambda _: jnp.asarray(0.0, dtype), None)
+            rho_now = (loss_new - loss_h) / jnp.where(q_change < 0, q_change, -jnp.inf)
+            omega = jnp.asarray(cfg.damping_decay**cfg.damping_adaptation_interval, dtype)
+            new_damping = jnp.where(
+                rho_now < 0.25, damping / omega, jnp.where(rho_now > 0.75, damping * omega, damping)
+            )
+            new_damping = jnp.maximum(new_damping, cfg.min_damping)
+            new_damping = jnp.where(jnp.isfinite(new_damping), new_damping, damping)
+            damping = jnp.where(adapt_now, new_damping, damping).astype(dtype)
+            rho = jnp.where(adapt_now, rho_now, state.rho).astype(dtype)
+
+        new_state = KFACState(
+            step=state.step + 1,
+            factors=factors,
+            ema_weight=ema_weight,
+            inverses=inverses,
+            damping=damping,
+            velocity=step_vec,
+            num_skipped=state.num_skipped,
+            num_fallbacks=state.num_fallbacks + fb,
+            num_clipped=state.num_clipped + cl,
+            learning_rate=alpha.astype(dtype),
+            momentum=mu.astype(dtype),
+            rho=rho,
+            quad_change=q_change.astype(dtype),
+        )
+        skipped_state = state._replace(num_skipped=state.num_skipped + 1)
+        out_state = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new_state, skipped_state)
+        updates = jax.tree.map(lambda x: jnp.where(ok, x, jnp.zeros_like(x)), step_vec)
+        # Give the updates the caller's gradient dtypes.
+        updates = jax.tree.map(lambda u, p: u.astype(p.dtype), updates, diff)
+        return updates, out_state
+
+    return optax.GradientTransformationExtraArgs(init, update)
+
+
+def kfac_factors_from_state(plan: CapturePlan, state: KFACState) -> KFACFactors:
+    """The EMA-normalised factors held by a K-FAC state, as `KFACFactors` (e.g. for EK-FAC or
+    influence functions after training)."""
+    w = jnp.where(state.ema_weight > 0, state.ema_weight, 1.0)
+    return KFACFactors(plan, jax.tree.map(lambda x: x / w, state.factors))
+
+
+def kfac_report(plan: CapturePlan, state: KFACState | None = None) -> str:
+    """The coverage table of `plan`, plus the counters of `state` (skipped steps, eigh
+    fallbacks, clipped eigenvalues, damping, last α/μ/ρ)."""
+    text = plan.report()
+    if state is not None:
+        text += (
+            f"\n\nsteps: {int(state.step)}, skipped (non-finite): {int(state.num_skipped)}, "
+            f"eigh fallbacks: {int(state.num_fallbacks)}, clipped eigenvalues: "
+            f"{int(state.num_clipped)}\n"
+            f"damping: {float(state.damping):.4g}, "
+            f"learning rate: {float(state.learning_rate):.4g}, "
+            f"momentum: {float(state.momentum):.4g}, rho: {float(state.rho):.4g}"
+        )
+    return text
