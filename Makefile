@@ -17,7 +17,7 @@ sync: $(if $(findstring $(BOOT),$(UV)),$(BOOT)/bin/uv)
 	$(UV) sync --locked
 
 demo: sync
-	$(UV) run --locked --no-sync python -m experiments reproduce --scale $(SCALE)
+	$(UV) run --locked --no-sync python -m experiments reproduce --scale $(SCALE) --force
 
 # Copy the claims tables of results/REPORT.md into README.md's results section.
 readme: sync
