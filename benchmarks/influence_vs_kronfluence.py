@@ -4,6 +4,11 @@ Model and data (fixed here): scikit-learn digits, standardized, 1,000 train / 10
 64-64-64-10 ReLU MLP (8,970 parameters) trained with SGD + momentum 0.9 (lr 0.05, batch 50,
 60 epochs, seed 0). Both libraries score the same trained weights.
 
+Ours is respax EK-FAC refined by `REFINE` iterations of EK-FAC-preconditioned conjugate gradient on
+the exact block-diagonal GGN products (`EKFAC(refine_iterations=REFINE)`), in float64 (in float32
+the refinement stalls at Pearson ~0.94 at damping 1e-3); plain float32 EK-FAC is reported next to it
+(`ekfac_*` keys).
+
 Reported:
 - fit + score wall time (EK-FAC factors, then 100 x 1,000 scores at damping 1e-3), ours after
   compilation, kronfluence inside its subprocess (import excluded); medians over interleaved reps;
@@ -33,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PEER_PY = ROOT / ".bench-envs" / "kronfluence" / "bin" / "python"
 PEER_SCRIPT = Path(__file__).resolve().parent / "envs" / "kronfluence" / "peer.py"
 DAMPINGS = (1e-3, 1e-5)
+REFINE = 10  # EK-FAC-preconditioned CG iterations of "ours"
 
 
 def _data_and_model():
@@ -137,29 +143,43 @@ def main():
     m64 = jax.tree.map(lambda a: a.astype(jnp.float64) if eqx.is_inexact_array(a) else a, model)
     tr64 = (train[0].astype(jnp.float64), train[1])
     q64 = (query[0].astype(jnp.float64), query[1])
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     exact = fit_factors(apply, loss, m64, tr64, strategy=Exact(block_diagonal=True, chunk_size=50))
     oracle = [
         np.asarray(pairwise_scores(exact, apply, loss, m64, q64, tr64, damping=d)) for d in DAMPINGS
     ]
-    exact_s = time.perf_counter() - t0
+    exact_s, exact_cpu_s = time.perf_counter() - t0, time.process_time() - c0
     del exact
-    jax.config.update("jax_enable_x64", False)
-    print(f"exact block-diagonal oracle (fit + 2 dampings, incl. compile): {exact_s:.1f} s")
+    print(
+        f"exact block-diagonal oracle (fit + 2 dampings, incl. compile): {exact_s:.1f} s wall, "
+        f"{exact_cpu_s:.1f} s CPU"
+    )
 
-    def ours_fit_score():
-        f = fit_factors(apply, loss, model, train, strategy=EKFAC())
-        s = pairwise_scores(f, apply, loss, model, query, train, damping=DAMPINGS[0])
+    # name -> (strategy, float64?); x64 is switched per call (jit caches are per setting).
+    strategies = {"ours": (EKFAC(refine_iterations=REFINE), True), "ekfac": (EKFAC(), False)}
+
+    def fit_score(name):
+        strategy, x64 = strategies[name]
+        jax.config.update("jax_enable_x64", x64)
+        m, tr, q = (m64, tr64, q64) if x64 else (model, train, query)
+        f = fit_factors(apply, loss, m, tr, strategy=strategy)
+        s = pairwise_scores(f, apply, loss, m, q, tr, damping=DAMPINGS[0])
         return f, jax.block_until_ready(s)
 
-    t0 = time.perf_counter()
-    f_ours, s_first = ours_fit_score()
-    compile_s = time.perf_counter() - t0
-    ours_scores = [
-        np.asarray(pairwise_scores(f_ours, apply, loss, model, query, train, damping=d))
-        for d in DAMPINGS
-    ]
-    f_again, s_again = ours_fit_score()
+    def all_scores(name, f):
+        x64 = strategies[name][1]
+        jax.config.update("jax_enable_x64", x64)
+        m, tr, q = (m64, tr64, q64) if x64 else (model, train, query)
+        return [np.asarray(pairwise_scores(f, apply, loss, m, q, tr, damping=d)) for d in DAMPINGS]
+
+    compile_s, scores, refit = {}, {}, {}
+    for name in strategies:
+        t0 = time.perf_counter()
+        f, s_first = fit_score(name)
+        compile_s[name] = time.perf_counter() - t0
+        scores[name] = all_scores(name, f)
+        refit[name] = _flat_corr(np.asarray(s_first), np.asarray(fit_score(name)[1]))
+    jax.config.update("jax_enable_x64", False)
 
     have_peer = PEER_PY.exists() and not args.no_peer
     tmp = tempfile.mkdtemp(prefix="kronfluence-bench-")
@@ -175,33 +195,46 @@ def main():
         **{f"b{i}": np.asarray(layer.bias) for i, layer in enumerate(layers)},
     )
 
-    ours_t, peer_t, peer_runs = [], [], []
+    times = {name: [] for name in strategies}
+    peer_t, peer_runs = [], []
     for r in range(reps):
-        ours_t += _common.time_calls(ours_fit_score, 1)
+        for name in strategies:
+            times[name] += _common.time_calls(lambda name=name: fit_score(name), 1)
+        jax.config.update("jax_enable_x64", False)
         if have_peer:
             res = _run_peer(npz, os.path.join(tmp, f"peer{r}.npz"))
             if res is not None:
                 peer_runs.append(res)
                 peer_t.append(res["times"]["fit_s"] + res["times"]["score_s"])
 
-    out = {
-        "ours_fit_score_s": _common.median(ours_t),
-        "ours_fit_score_min_s": min(ours_t),
-        "ours_first_call_s": compile_s,
-        "exact_oracle_s": exact_s,
-        "ours_pearson_exact_d1e3": _pearson_rows(ours_scores[0], oracle[0]),
-        "ours_pearson_exact_d1e5": _pearson_rows(ours_scores[1], oracle[1]),
-        "ours_refit_corr": _flat_corr(np.asarray(s_first), np.asarray(s_again)),
-        "train_accuracy": train_acc,
-        "query_accuracy": query_acc,
-        "reps": reps,
-    }
+    out = {"ours_strategy": f"EKFAC(refine_iterations={REFINE})"}
+    for name in strategies:
+        out.update(
+            {
+                f"{name}_fit_score_s": _common.median(times[name]),
+                f"{name}_fit_score_min_s": min(times[name]),
+                f"{name}_first_call_s": compile_s[name],
+                f"{name}_pearson_exact_d1e3": _pearson_rows(scores[name][0], oracle[0]),
+                f"{name}_pearson_exact_d1e5": _pearson_rows(scores[name][1], oracle[1]),
+                f"{name}_refit_corr": refit[name],
+            }
+        )
+    out.update(
+        {
+            "exact_oracle_s": exact_s,
+            "exact_oracle_cpu_s": exact_cpu_s,
+            "train_accuracy": train_acc,
+            "query_accuracy": query_acc,
+            "reps": reps,
+        }
+    )
     if peer_runs:
         out.update(
             {
                 "kronfluence_fit_score_s": _common.median(peer_t),
                 "kronfluence_fit_score_min_s": min(peer_t),
                 "ours_over_kronfluence_time": out["ours_fit_score_s"] / _common.median(peer_t),
+                "ekfac_over_kronfluence_time": out["ekfac_fit_score_s"] / _common.median(peer_t),
                 "kronfluence_pearson_exact_d1e3": float(
                     np.mean([_pearson_rows(p["scores"][0], oracle[0]) for p in peer_runs])
                 ),
@@ -220,6 +253,7 @@ def main():
         for k in (
             "kronfluence_fit_score_s",
             "ours_over_kronfluence_time",
+            "ekfac_over_kronfluence_time",
             "kronfluence_pearson_exact_d1e3",
             "kronfluence_pearson_exact_d1e5",
             "kronfluence_refit_corr",
@@ -232,24 +266,36 @@ def main():
     out["machine"] = _common.machine()
 
     fmt = lambda v, f="{:.3f}": "n/a" if v is None else f.format(v)
+
+    def row(label, key, f="{:.3f}"):
+        return (
+            f"| {label} | {fmt(out[f'ours_{key}'], f)} | {fmt(out[f'ekfac_{key}'], f)} | "
+            f"{fmt(out.get(f'kronfluence_{key}'), f)} |\n"
+        )
+
     table = (
-        "| | ours (respax EK-FAC) | kronfluence 1.0.1 EK-FAC |\n|---|---|---|\n"
-        f"| fit + 100x1000 scores, median (min) s | {fmt(out['ours_fit_score_s'], '{:.2f}')} "
-        f"({fmt(out['ours_fit_score_min_s'], '{:.2f}')}) | "
-        f"{fmt(out.get('kronfluence_fit_score_s'), '{:.2f}')} "
-        f"({fmt(out.get('kronfluence_fit_score_min_s'), '{:.2f}')}) |\n"
-        f"| Pearson vs exact block-diag GGN, damping 1e-3 | {fmt(out['ours_pearson_exact_d1e3'])} "
-        f"| {fmt(out['kronfluence_pearson_exact_d1e3'])} |\n"
-        f"| Pearson vs exact block-diag GGN, damping 1e-5 | {fmt(out['ours_pearson_exact_d1e5'])} "
-        f"| {fmt(out['kronfluence_pearson_exact_d1e5'])} |\n"
-        f"| refit-to-refit score correlation | {fmt(out['ours_refit_corr'], '{:.4f}')} | "
-        f"{fmt(out['kronfluence_refit_corr'], '{:.4f}')} |\n\n"
-        f"ours / kronfluence time: {fmt(out['ours_over_kronfluence_time'], '{:.2f}')}x; "
-        f"our first call (compile + run): {out['ours_first_call_s']:.1f} s; exact float64 "
-        f"block-diagonal oracle (fit + scores at both dampings, incl. compile): "
-        f"{out['exact_oracle_s']:.1f} s. Model: train acc {train_acc:.3f}, query acc "
+        f"| | ours (respax EK-FAC + {REFINE} PCG iterations, float64) | respax EK-FAC (float32) | "
+        "kronfluence 1.0.1 EK-FAC |\n|---|---|---|---|\n"
+        + row("fit + 100x1000 scores, median s", "fit_score_s", "{:.2f}")
+        + row("fit + 100x1000 scores, min s", "fit_score_min_s", "{:.2f}")
+        + row("Pearson vs exact block-diag GGN, damping 1e-3", "pearson_exact_d1e3")
+        + row("Pearson vs exact block-diag GGN, damping 1e-5", "pearson_exact_d1e5")
+        + row("refit-to-refit score correlation", "refit_corr", "{:.4f}")
+        + "\n"
+        f"ours / kronfluence time: {fmt(out['ours_over_kronfluence_time'], '{:.2f}')}x "
+        f"(plain EK-FAC: {fmt(out['ekfac_over_kronfluence_time'], '{:.2f}')}x); "
+        f"first call (compile + run): ours {out['ours_first_call_s']:.1f} s, EK-FAC "
+        f"{out['ekfac_first_call_s']:.1f} s; exact float64 block-diagonal oracle (fit + scores "
+        f"at both dampings, incl. compile): {out['exact_oracle_s']:.1f} s wall, "
+        f"{out['exact_oracle_cpu_s']:.1f} s CPU. Model: train acc {train_acc:.3f}, query acc "
         f"{query_acc:.3f}; {reps} interleaved reps; 1-minute load average at the start "
-        f"{load_at_start:.1f} (other jobs share the CPU: wall times are inflated and noisy)."
+        f"{load_at_start:.1f} (other jobs share the CPU: wall times are inflated and noisy).\n\n"
+        "EK-FAC's corrected eigenvalues equal the exact diagonal of each layer's GGN block in "
+        "the Kronecker eigenbasis (checked to 1e-16 relative in float64); what remains is the "
+        "blocks' off-diagonal part in that basis (85 %, 74 % and 68 % of the three blocks' "
+        "Frobenius norms on this model; K-FAC: 94 %, 89 %, 80 %), so plain K-FAC and EK-FAC "
+        "score alike. The refinement (EK-FAC-preconditioned CG on exact block-diagonal GGN "
+        "products) closes it; in float32 it stalls near 0.94 at damping 1e-3, hence float64."
     )
     print(table)
     if args.json:

@@ -144,12 +144,18 @@ def test_five_terms_on_linear_regression_vanish_where_theory_says():
     assert float(jnp.min(p["linearization_error"])) > 0.0
 
 
-def test_five_terms_mlp_runs_and_bad_input():
+def _mlp_problem():
     k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
     params = {"w1": 0.5 * jax.random.normal(k1, (4, 8)), "w2": 0.5 * jax.random.normal(k2, (8, 3))}
     mlp = lambda p, x: jnp.tanh(x @ p["w1"]) @ p["w2"]
     x = jax.random.normal(k3, (16, 4))
     y = jnp.arange(16) % 3
+    return params, mlp, x, y
+
+
+@pytest.mark.slow
+def test_five_terms_mlp_runs():
+    params, mlp, x, y = _mlp_problem()
     loss = SoftmaxCrossEntropy()
     opt = optax.adam(1e-2)
     trained = retrain(mlp, loss, params, (x, y), jnp.ones((1, 16)), optimizer=opt, num_steps=20)
@@ -173,6 +179,12 @@ def test_five_terms_mlp_runs_and_bad_input():
         for term in TERMS:
             v = out[space][term]
             assert v.shape == (2,) and bool(jnp.all(jnp.isfinite(v))) and bool(jnp.all(v >= 0))
+
+
+def test_pbrf_bad_input_raises_clear_errors():
+    trained, mlp, x, y = _mlp_problem()
+    loss = SoftmaxCrossEntropy()
+    opt = optax.adam(1e-2)
     with pytest.raises(ValueError, match="damping"):
         pbrf(mlp, loss, trained, (x, y), jnp.array([0]), damping=0.0, optimizer=opt, num_steps=1)
     with pytest.raises(TypeError, match="optimizer"):

@@ -17,6 +17,7 @@ example helps the query); a negative score means it harms it. `normalize=True` r
 scale).
 """
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -144,6 +145,9 @@ _KRONECKER_CACHE_SIZE = 32
 def _kronecker_fit_fn(apply, output_loss, params, inputs, strategy):
     from respax import curvature  # the K-FAC/EK-FAC engine
 
+    # The refinement acts at scoring time only: one compiled fit for every refine_iterations.
+    strategy = dataclasses.replace(strategy, refine_iterations=0)
+
     spec = lambda t: tuple(
         (jnp.shape(a), jnp.result_type(a)) if eqx.is_array(a) else a for a in jax.tree.leaves(t)
     )
@@ -192,6 +196,7 @@ def _fit_kronecker(apply, output_loss, params, train, strategy, blocks, key, n):
     ek = fit(params, inputs, targets if strategy.mode == "empirical" else None, key)
     return KroneckerFactors(
         ekfac=ek,
+        inputs=inputs if strategy.refine_iterations > 0 else None,
         strategy=strategy,
         block_names=names,
         block_segments=tuple(to_segments(i) for i in indices),
