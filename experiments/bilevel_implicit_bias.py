@@ -8,10 +8,21 @@ Three findings, each a stage:
    solution u† = M^+ t; other algorithmic choices (warm start with an unrolled hypergradient, the
    Neumann K / unroll T approximations) land on other points. Run in float64.
 2. `distill`: dataset distillation on scikit-learn digits (1 and 10 synthetic images per class,
-   a tanh MLP as inner model, implicit hypergradients with a Neumann series): cold start vs warm
-   start vs warm start then retraining a fresh model on the final synthetic images (Table 3).
-3. `oned`: a 1-D outer parameter: the synthetic images are a fixed random curve in image space,
-   indexed by one scalar u. Warm start vs a fresh model trained at the final u.
+   fixed labels, images initialised to Gaussian noise on the standardized pixel scale, a tanh MLP
+   as inner model). Cold start draws a NEW random inner initialization at every outer step and
+   trains it T steps (hypergradient: backpropagation through the T steps), so the images must
+   teach any initialization; warm start carries the inner model and takes one inner step per
+   outer step (hypergradient through that step). Evaluated: cold start (fresh inits trained T
+   steps on the final images), warm start (the carried model), warm start + re-train (fresh inits
+   trained on the final warm-start images). Means and standard deviations over seeds (vmapped).
+3. `oned`: a 1-D outer parameter. u selects a point on a ring of real training images (one ring
+   per class, m images each): the synthetic set at u is one image per class, a Gaussian-kernel
+   blend of the ring images nearest to position u. Warm start moves u with hypergradients while
+   the inner model trains on the current 10 images; compared with fresh models trained on the 10
+   images at the final u (and at every u on a grid).
+
+The outer learning rate of every run is chosen from a small grid by the final outer objective
+(the training loss; never by test accuracy), for each method separately.
 """
 
 import dataclasses
@@ -28,7 +39,9 @@ from respax.implicit_diff import (
     FullUnroll,
     Implicit,
     Neumann,
+    bilevel_init,
     bilevel_optimize,
+    bilevel_run,
     run_inner_optimizer,
 )
 
@@ -44,44 +57,50 @@ class Config:
     quad_neumann_ks: tuple[int, ...] = (1, 3, 10, 30)
     quad_unroll_ts: tuple[int, ...] = (1, 3, 10, 30)
     quad_warm_unroll_steps: int = 2
-    # 2. dataset distillation on digits
+    # 2-3. digits (shared)
+    seeds: int = 3
+    hidden: int = 64
+    train_size: int = 1200
+    inner_lr: float = 0.5
+    retrain_steps: int = 300
+    eval_inits: int = 4
+    # 2. dataset distillation
     dd_images_per_class: tuple[int, ...] = (1, 10)
-    dd_hidden: int = 64
-    dd_outer_steps: int = 400
-    dd_cold_inner_steps: int = 100
-    dd_warm_inner_steps: int = 2
-    dd_neumann_k: int = 20
-    dd_inner_lr: float = 0.5
-    dd_outer_lr: float = 0.03
-    dd_retrain_steps: int = 300
-    dd_train_size: int = 1200
+    dd_outer_steps: int = 2000
+    dd_cold_inner_steps: int = 10
+    dd_warm_inner_steps: int = 1
+    dd_outer_lrs: tuple[float, ...] = (0.02, 0.2)
     # 3. 1-D outer parameter
-    oned_frequencies: int = 16
-    oned_outer_steps: int = 400
-    oned_warm_inner_steps: int = 2
-    oned_outer_lr: float = 0.5
+    oned_ring: int = 20
+    oned_width: float = 0.5
+    oned_outer_steps: int = 1000
+    oned_warm_inner_steps: int = 1
+    oned_outer_lrs: tuple[float, ...] = (0.03, 0.1, 0.3)
 
 
 SCALES = {
     "smoke": Config(
-        quad_outer_steps=50,
-        quad_inner_steps=20,
-        quad_neumann_ks=(1,),
-        quad_unroll_ts=(1,),
+        quad_outer_steps=20,
+        quad_inner_steps=10,
+        quad_neumann_ks=(),
+        quad_unroll_ts=(),
+        seeds=2,
+        hidden=16,
+        train_size=300,
+        retrain_steps=5,
+        eval_inits=2,
         dd_images_per_class=(1,),
-        dd_hidden=16,
-        dd_outer_steps=5,
-        dd_cold_inner_steps=5,
-        dd_neumann_k=3,
-        dd_retrain_steps=10,
-        dd_train_size=300,
-        oned_outer_steps=5,
-        oned_frequencies=4,
+        dd_outer_steps=4,
+        dd_cold_inner_steps=2,
+        dd_outer_lrs=(0.1,),
+        oned_ring=4,
+        oned_outer_steps=4,
+        oned_outer_lrs=(0.1,),
     ),
-    "quick": Config(),
-    # Paper scale here means longer runs of the same digits tasks (MNIST/CIFAR-10 loaders are not
-    # implemented; see the report).
-    "paper": Config(dd_outer_steps=2000, dd_hidden=256, oned_outer_steps=2000),
+    "quick": Config(seeds=5),
+    # Paper scale runs the same digits tasks longer and with more seeds (MNIST / CIFAR-10 loaders
+    # are not implemented; see the report).
+    "paper": Config(seeds=8, hidden=128, dd_outer_steps=10000, oned_outer_steps=5000),
 }
 
 
@@ -91,6 +110,17 @@ def _rel(a, b):
 
 # ----------------------------------------------------------------------------------------------
 # 1. quadratic
+
+
+def _quadratic_order(quad: dict) -> dict:
+    """The runs in a readable order (stage results come back with sorted keys)."""
+
+    def key(name):
+        number = int(name.rsplit("=", 1)[1]) if "=" in name else 0
+        kinds = ("cold exact", "cold Neumann", "cold unroll", "warm exact", "warm unroll")
+        return next(i for i, k in enumerate(kinds + ("",)) if name.startswith(k)), number
+
+    return {n: quad[n] for n in sorted(quad, key=key)}
 
 
 def _quadratic(cfg: Config, seed: int):
@@ -166,26 +196,37 @@ def _run_quadratic(cfg: Config, seed: int) -> dict:
 # 2-3. digits
 
 
-def _digits(cfg: Config, seed: int):
+def _digits(cfg: Config, seed: int) -> dict:
+    """sklearn digits, shuffled with `seed`, split into train / test, standardized per pixel with
+    the training statistics (the std is floored at one grey level, 1/16, for constant pixels)."""
     from sklearn.datasets import load_digits
 
     x, y = load_digits(return_X_y=True)
-    x = (x / 16.0).astype(np.float32)
     perm = np.random.default_rng(seed).permutation(len(x))
-    x, y = x[perm], y[perm].astype(np.int32)
-    n = cfg.dd_train_size
-    return (jnp.asarray(x[:n]), jnp.asarray(y[:n]), jnp.asarray(x[n:]), jnp.asarray(y[n:]))
+    x, y = x[perm] / 16.0, y[perm].astype(np.int32)
+    n = cfg.train_size
+    mean, std = x[:n].mean(0), np.maximum(x[:n].std(0), 1.0 / 16.0)
+    x = ((x - mean) / std).astype(np.float32)
+    return {"xtr": x[:n], "ytr": y[:n], "xte": x[n:], "yte": y[n:]}
 
 
 def _mlp(hidden: int):
-    def init(key):
-        k1, k2 = jax.random.split(key)
+    n1 = 64 * hidden
+
+    def unflatten(flat):
+        # LeCun-uniform weights (variance 1 / fan-in) from U(-1, 1) draws, zero biases.
+        flat = flat * np.sqrt(3.0)
         return {
-            "w1": jax.random.normal(k1, (64, hidden)) / 8.0,
-            "b1": jnp.zeros(hidden),
-            "w2": jax.random.normal(k2, (hidden, 10)) / np.sqrt(hidden),
-            "b2": jnp.zeros(10),
+            "w1": flat[..., :n1].reshape(flat.shape[:-1] + (64, hidden)) / 8.0,
+            "b1": jnp.zeros(flat.shape[:-1] + (hidden,)),
+            "w2": flat[..., n1:].reshape(flat.shape[:-1] + (hidden, 10)) / np.sqrt(hidden),
+            "b2": jnp.zeros(flat.shape[:-1] + (10,)),
         }
+
+    def init(key):
+        # One uniform draw for all weights: on CPU every random-number site in a program costs
+        # compile time, and the cold-start loop draws a fresh init at every outer step.
+        return unflatten(jax.random.uniform(key, (n1 + 10 * hidden,), minval=-1.0, maxval=1.0))
 
     def apply(w, x):
         return jnp.tanh(x @ w["w1"] + w["b1"]) @ w["w2"] + w["b2"]
@@ -196,104 +237,241 @@ def _mlp(hidden: int):
     def accuracy(w, x, y):
         return jnp.mean(jnp.argmax(apply(w, x), -1) == y)
 
-    return init, loss, accuracy
+    return init, unflatten, loss, accuracy
+
+
+def _seed_inputs(cfg: Config, seed: int, num_images: int) -> dict:
+    """Per-seed random inputs, drawn on the host (outside the compiled programs): the initial
+    synthetic images (N(0, 1) noise on the standardized pixel scale), the initial inner weights,
+    the fresh inits used for evaluation, and the PRNG key of cold start's per-step inits.
+    Leading axis: seed."""
+    rng = np.random.default_rng(seed)
+    n_w = 64 * cfg.hidden + 10 * cfg.hidden
+    uniform = lambda *shape: rng.uniform(-1.0, 1.0, size=shape).astype(np.float32)
+    keys = jax.random.split(jax.random.key(seed, impl="rbg"), cfg.seeds)
+    return {
+        "key": np.asarray(jax.random.key_data(keys)),
+        "u0": rng.normal(size=(cfg.seeds, num_images, 64)).astype(np.float32),
+        "w0": uniform(cfg.seeds, n_w),
+        "eval_w": uniform(cfg.seeds, cfg.eval_inits, n_w),
+    }
+
+
+def _trained_accuracies(cfg: Config, inner, us, eval_w, steps: tuple[int, int], test):
+    """Test accuracy of the fresh inits `eval_w` trained on each synthetic set in `us` (stacked on
+    a leading axis) for `steps[0]` and for `steps[1] >= steps[0]` SGD steps, averaged over the
+    inits: shape (len(us), 2). One vmapped program serves every evaluation."""
+    _, unflatten, _, accuracy = _mlp(cfg.hidden)
+    inner_opt = optax.sgd(cfg.inner_lr)
+    short, long = steps
+
+    def one(u, flat_w):
+        w = run_inner_optimizer(inner, u, unflatten(flat_w), inner_opt, short)
+        acc_short = accuracy(w, *test)
+        # SGD is stateless, so continuing from w is the same as training `long` steps at once.
+        w = run_inner_optimizer(inner, u, w, inner_opt, long - short)
+        return jnp.stack([acc_short, accuracy(w, *test)])
+
+    return jax.vmap(lambda u: jax.vmap(lambda w: one(u, w))(eval_w).mean(0))(us)
+
+
+def _tail_mean(trace):
+    return jnp.mean(trace[-max(1, trace.shape[-1] // 10) :])
+
+
+def _distill_program(cfg: Config, ipc: int):
+    """One jitted program: cold and warm start for every (outer lr, seed), vmapped."""
+    init, unflatten, loss, accuracy = _mlp(cfg.hidden)
+    y_syn = jnp.repeat(jnp.arange(10), ipc)
+    inner_opt = optax.sgd(cfg.inner_lr)
+    steps, t_cold = cfg.dd_outer_steps, cfg.dd_cold_inner_steps
+
+    def one(rand, outer_lr, data):
+        xtr, ytr, xte, yte = data
+        inner = lambda u, w: loss(w, u, y_syn)
+        outer = lambda u, w: loss(w, xtr, ytr)
+        u0, w0 = rand["u0"], unflatten(rand["w0"])
+        key = jax.random.wrap_key_data(rand["key"], impl="rbg")
+        cold = BilevelConfig(
+            FullUnroll(inner_opt, t_cold), optax.adam(outer_lr), inner_sampler=init
+        )
+        warm = BilevelConfig(
+            FullUnroll(inner_opt, cfg.dd_warm_inner_steps), optax.adam(outer_lr), warm_start=True
+        )
+        s_cold, h_cold = bilevel_optimize(cold, outer, inner, u0, w0, steps, key=key)
+        s_warm, h_warm = bilevel_optimize(warm, outer, inner, u0, w0, steps)
+        u_cold, u_warm = s_cold.outer_params, s_warm.outer_params
+        acc = _trained_accuracies(
+            cfg,
+            inner,
+            jnp.stack([u_cold, u_warm]),
+            rand["eval_w"],
+            (t_cold, cfg.retrain_steps),
+            (xte, yte),
+        )
+        return {
+            "cold": acc[0, 0],
+            "cold_retrain": acc[0, 1],
+            "warm": accuracy(s_warm.inner_params, xte, yte),
+            "warm_retrain": acc[1, 1],
+            "cold_outer_loss": _tail_mean(h_cold.outer_loss),
+            "warm_outer_loss": _tail_mean(h_warm.outer_loss),
+            "cold_trace": h_cold.outer_loss,
+            "warm_trace": h_warm.outer_loss,
+            "cold_images": u_cold,
+            "warm_images": u_warm,
+            "cold_image_change": jnp.linalg.norm(u_cold - u0) / jnp.linalg.norm(u0),
+            "warm_image_change": jnp.linalg.norm(u_warm - u0) / jnp.linalg.norm(u0),
+        }
+
+    return _grid_program(one)
+
+
+def _grid_program(one):
+    """jit(vmap) of `one(rand, outer_lr, data)` over every (outer lr, seed) pair, flattened into one
+    batch axis (one vmap compiles faster than two nested ones); results get axes (lr, seed)."""
+
+    @jax.jit
+    def program(rand, outer_lrs, data):
+        n_lr, n_seed = outer_lrs.shape[0], rand["u0"].shape[0]
+        tile = lambda v: jnp.tile(v, (n_lr,) + (1,) * (v.ndim - 1))
+        flat_lrs = jnp.repeat(outer_lrs, n_seed)
+        out = jax.vmap(one, (0, 0, None))(jax.tree.map(tile, rand), flat_lrs, data)
+        return jax.tree.map(lambda v: v.reshape((n_lr, n_seed) + v.shape[1:]), out)
+
+    return program
+
+
+def _select(results: dict, method: str) -> tuple[int, dict]:
+    """The outer lr with the lowest mean final outer loss, and that lr's per-seed results."""
+    idx = int(np.argmin(np.asarray(results[f"{method}_outer_loss"]).mean(axis=1)))
+    return idx, {k: np.asarray(v)[idx] for k, v in results.items()}
 
 
 def _run_distill(cfg: Config, seed: int, ipc: int) -> dict:
-    xtr, ytr, xte, yte = _digits(cfg, seed)
-    init, loss, accuracy = _mlp(cfg.dd_hidden)
-    key = jax.random.PRNGKey(seed)
-    k_u, k_w, k_fresh = jax.random.split(key, 3)
-    y_syn = jnp.repeat(jnp.arange(10), ipc)
-    inner = lambda u, w: loss(w, u, y_syn)
-    outer = lambda u, w: loss(w, xtr, ytr)
-    u0 = 0.3 * jax.random.normal(k_u, (10 * ipc, 64))
-    w0 = init(k_w)
-    inner_opt = optax.sgd(cfg.dd_inner_lr)
-    method = Implicit(Neumann(cfg.dd_neumann_k, cfg.dd_inner_lr))
-    out = {}
-    for name, warm, steps in (
-        ("cold", False, cfg.dd_cold_inner_steps),
-        ("warm", True, cfg.dd_warm_inner_steps),
-    ):
-        config = BilevelConfig(
-            method,
-            optax.adam(cfg.dd_outer_lr),
-            warm_start=warm,
-            inner_optimizer=inner_opt,
-            num_inner_steps=steps,
-        )
-        state, history = jax.jit(
-            lambda u0, w0, config=config: bilevel_optimize(
-                config, outer, inner, u0, w0, cfg.dd_outer_steps
-            )
-        )(u0, w0)
-        u = state.outer_params
-        if warm:
-            final_w = state.inner_params  # the carried inner model
-        else:  # cold start's model: w0 trained for T steps on the final images
-            final_w = run_inner_optimizer(inner, u, w0, inner_opt, steps)
-        fresh = run_inner_optimizer(inner, u, init(k_fresh), inner_opt, cfg.dd_retrain_steps)
-        out[name] = {
-            "test_accuracy": float(accuracy(final_w, xte, yte)),
-            "retrain_test_accuracy": float(accuracy(fresh, xte, yte)),
-            "outer_loss_trace": np.asarray(history.outer_loss),
-            "images": np.asarray(u[:: max(1, ipc)][:10]),
+    data = _digits(cfg, seed)
+    data = tuple(jnp.asarray(data[k]) for k in ("xtr", "ytr", "xte", "yte"))
+    rand = _seed_inputs(cfg, 1000 * seed + ipc, 10 * ipc)
+    raw = _distill_program(cfg, ipc)(rand, jnp.asarray(cfg.dd_outer_lrs), data)
+    raw = jax.tree.map(np.asarray, raw)
+    out = {"outer_lrs": np.asarray(cfg.dd_outer_lrs)}
+    for method in ("cold", "warm"):
+        idx, sel = _select(raw, method)
+        out[method] = {
+            "outer_lr": cfg.dd_outer_lrs[idx],
+            "outer_loss_by_lr": raw[f"{method}_outer_loss"].mean(axis=1),
+            "test_accuracy_by_lr": raw[method].mean(axis=1),
+            "test_accuracy": sel[method],  # per seed
+            "retrain_test_accuracy": sel[f"{method}_retrain"],
+            "outer_loss": sel[f"{method}_outer_loss"],
+            "image_change": sel[f"{method}_image_change"],
+            "outer_loss_trace": sel[f"{method}_trace"].mean(axis=0),
+            "images": sel[f"{method}_images"][0][::ipc][:10],  # seed 0, one image per class
         }
     return out
 
 
-def _run_oned(cfg: Config, seed: int) -> dict:
-    xtr, ytr, xte, yte = _digits(cfg, seed)
-    init, loss, accuracy = _mlp(cfg.dd_hidden)
-    k_a, k_om, k_ph, k_w, k_fresh = jax.random.split(jax.random.PRNGKey(seed + 1), 5)
-    n_freq = cfg.oned_frequencies
-    directions = jax.random.normal(k_a, (n_freq, 10, 64)) / np.sqrt(n_freq)
-    omega = jax.random.uniform(k_om, (n_freq,), minval=0.5, maxval=4.0)
-    phase = jax.random.uniform(k_ph, (n_freq,), maxval=2 * np.pi)
+def _oned_program(cfg: Config):
+    """One jitted program: warm start with a 1-D outer parameter for every (outer lr, seed)."""
+    _, unflatten, loss, accuracy = _mlp(cfg.hidden)
+    m, width = cfg.oned_ring, cfg.oned_width
     y_syn = jnp.arange(10)
+    inner_opt = optax.sgd(cfg.inner_lr)
+    grid = jnp.arange(0.0, m, 0.5)
 
-    def images(u):  # one synthetic image per class on a fixed random curve, indexed by u
-        return jnp.einsum("j,jkd->kd", jnp.cos(omega * u[0] + phase), directions)
+    def one(rand, outer_lr, data):
+        xtr, ytr, xte, yte, ring = data  # ring: (10, m, 64), m real training images per class
 
-    inner = lambda u, w: loss(w, images(u), y_syn)
-    outer = lambda u, w: loss(w, xtr, ytr)
-    inner_opt = optax.sgd(cfg.dd_inner_lr)
-    config = BilevelConfig(
-        Implicit(Neumann(cfg.dd_neumann_k, cfg.dd_inner_lr)),
-        optax.adam(cfg.oned_outer_lr),
-        warm_start=True,
-        inner_optimizer=inner_opt,
-        num_inner_steps=cfg.oned_warm_inner_steps,
-    )
-    w0 = init(k_w)
-    state, history = jax.jit(
-        lambda u0, w0: bilevel_optimize(config, outer, inner, u0, w0, cfg.oned_outer_steps)
-    )(jnp.zeros(1), w0)
-    u = state.outer_params
-    fresh = run_inner_optimizer(inner, u, init(k_fresh), inner_opt, cfg.dd_retrain_steps)
-    grid = jnp.linspace(-6.0, 6.0, 61)
-    grid_acc = jax.jit(
-        jax.vmap(
-            lambda g: accuracy(
-                run_inner_optimizer(inner, g[None], init(k_fresh), inner_opt, cfg.dd_retrain_steps),
-                xte,
-                yte,
-            )
+        def images(u):  # one image per class: a Gaussian blend along the ring around u[0]
+            d = jnp.arange(m) - u[0]
+            d = d - m * jnp.round(d / m)  # signed distance on the ring
+            weights = jax.nn.softmax(-0.5 * (d / width) ** 2)
+            return jnp.einsum("i,cid->cd", weights, ring)
+
+        inner = lambda u, w: loss(w, images(u), y_syn)
+        outer = lambda u, w: loss(w, xtr, ytr)
+        config = BilevelConfig(
+            FullUnroll(inner_opt, cfg.oned_warm_inner_steps),
+            optax.adam(outer_lr),
+            warm_start=True,
         )
-    )(grid)
+        state = bilevel_init(config, jnp.zeros(1), unflatten(rand["w0"]))
+
+        def step(state, _):
+            state, history = bilevel_run(config, outer, inner, state, 1)
+            return state, (state.outer_params[0], history.outer_loss[0])
+
+        state, (u_trace, loss_trace) = jax.lax.scan(step, state, None, length=cfg.oned_outer_steps)
+        us = jnp.concatenate([state.outer_params, grid])[:, None]  # final u, then the grid
+        acc = _trained_accuracies(
+            cfg, inner, us, rand["eval_w"], (cfg.retrain_steps, cfg.retrain_steps), (xte, yte)
+        )[:, 0]
+        full = run_inner_optimizer(
+            lambda _, w: loss(w, xtr, ytr),
+            None,
+            unflatten(rand["eval_w"][0]),
+            inner_opt,
+            cfg.retrain_steps,
+        )
+        return {
+            "warm": accuracy(state.inner_params, xte, yte),
+            "fresh": acc[0],
+            "grid_accuracy": acc[1:],
+            "full_data": accuracy(full, xte, yte),
+            "outer_loss": _tail_mean(loss_trace),
+            "u_trace": u_trace,
+            "outer_loss_trace": loss_trace,
+        }
+
+    return _grid_program(one), grid
+
+
+def _run_oned(cfg: Config, seed: int) -> dict:
+    data = _digits(cfg, seed)
+    ytr = data["ytr"]
+    counts = np.bincount(ytr, minlength=10)
+    if counts.min() < cfg.oned_ring:
+        raise ValueError(
+            f"oned_ring={cfg.oned_ring} needs that many training images of every class; the "
+            f"training split has {counts.min()} of the rarest (raise train_size)."
+        )
+    ring = np.stack([data["xtr"][np.nonzero(ytr == c)[0][: cfg.oned_ring]] for c in range(10)])
+    args = tuple(jnp.asarray(data[k]) for k in ("xtr", "ytr", "xte", "yte")) + (jnp.asarray(ring),)
+    program, grid = _oned_program(cfg)
+    rand = _seed_inputs(cfg, 1000 * seed + 7, 0)
+    raw = jax.tree.map(np.asarray, program(rand, jnp.asarray(cfg.oned_outer_lrs), args))
+    idx = int(np.argmin(raw["outer_loss"].mean(axis=1)))
+    sel = {k: v[idx] for k, v in raw.items()}
+    m = cfg.oned_ring
+    visited = [len(np.unique(np.round(u).astype(int) % m)) for u in sel["u_trace"]]
+    # The first outer step after which u stays within half a ring position of its final value.
+    far = np.abs(sel["u_trace"] - sel["u_trace"][:, -1:]) > 0.5
+    settled = [int(np.nonzero(row)[0].max()) + 1 if row.any() else 0 for row in far]
     return {
-        "u_final": float(u[0]),
-        "warm_test_accuracy": float(accuracy(state.inner_params, xte, yte)),
-        "fresh_test_accuracy": float(accuracy(fresh, xte, yte)),
-        "best_fresh_on_grid": float(jnp.max(grid_acc)),
-        "outer_loss_trace": np.asarray(history.outer_loss),
+        "outer_lr": cfg.oned_outer_lrs[idx],
+        "outer_lrs": np.asarray(cfg.oned_outer_lrs),
+        "outer_loss_by_lr": raw["outer_loss"].mean(axis=1),
+        "gap_by_lr": (raw["warm"] - raw["fresh"]).mean(axis=1),
+        "warm": sel["warm"],
+        "fresh": sel["fresh"],
+        "best_fresh_on_grid": sel["grid_accuracy"].max(axis=1),
+        "full_data": sel["full_data"],
+        "u_final": sel["u_trace"][:, -1],
+        "positions_visited": np.asarray(visited),
+        "settled_step": np.asarray(settled),
         "grid": np.asarray(grid),
-        "grid_accuracy": np.asarray(grid_acc),
+        "grid_accuracy": sel["grid_accuracy"].mean(axis=0),
+        "u_trace": sel["u_trace"][0],
+        "outer_loss_trace": sel["outer_loss_trace"].mean(axis=0),
     }
 
 
 # ----------------------------------------------------------------------------------------------
+
+
+def _ms(values, scale=100.0) -> str:
+    values = scale * np.asarray(values, dtype=float)
+    return f"{values.mean():.1f} ± {values.std():.1f}"
 
 
 def _plots(ctx, quad, distill, oned):
@@ -303,7 +481,7 @@ def _plots(ctx, quad, distill, oned):
     import matplotlib.pyplot as plt
 
     names = list(quad)
-    fig, ax = plt.subplots(figsize=(8, 4))
+    fig, ax = plt.subplots(figsize=(8, 0.4 * len(names) + 1.5))
     ax.barh(names, [max(quad[n]["dist_to_min_norm"], 1e-16) for n in names])
     ax.set_xscale("log")
     ax.set_xlabel("||u - u†|| / ||u†||  (u† = min-norm outer solution)")
@@ -313,24 +491,27 @@ def _plots(ctx, quad, distill, oned):
     fig, ax = plt.subplots(figsize=(7, 4))
     labels, width = list(distill), 0.25
     xs = np.arange(len(labels))
-    for i, (key, label) in enumerate(
-        (("cold", "cold-start"), ("warm", "warm-start"), ("retrain", "warm-start + re-train"))
-    ):
-        vals = [
-            100
-            * (
-                distill[k]["warm"]["retrain_test_accuracy"]
-                if key == "retrain"
-                else distill[k][key]["test_accuracy"]
-            )
-            for k in labels
-        ]
-        ax.bar(xs + (i - 1) * width, vals, width, label=label)
+    bars = (
+        ("cold-start", lambda r: r["cold"]["test_accuracy"]),
+        ("warm-start", lambda r: r["warm"]["test_accuracy"]),
+        ("warm-start + re-train", lambda r: r["warm"]["retrain_test_accuracy"]),
+    )
+    for i, (label, get) in enumerate(bars):
+        vals = [100 * np.asarray(get(distill[k])) for k in labels]
+        ax.bar(
+            xs + (i - 1) * width,
+            [v.mean() for v in vals],
+            width,
+            yerr=[v.std() for v in vals],
+            label=label,
+        )
     ax.axhline(10, color="gray", ls=":", label="chance")
     ax.set_xticks(xs, labels)
-    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylim(0, 105)
+    ax.set_ylabel("test accuracy (%), mean ± std over seeds")
     ax.set_title("Dataset distillation on digits (Table 3 analogue)")
-    ax.legend()
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=4)
+    fig.tight_layout()
     ctx.save_figure(fig, "distill_accuracy.png")
 
     first = labels[0]
@@ -342,18 +523,37 @@ def _plots(ctx, quad, distill, oned):
         axes[row, 0].set_title(f"{key}-start", fontsize=8, loc="left")
     ctx.save_figure(fig, "distill_images.png")
 
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(oned["grid"], 100 * oned["grid_accuracy"], label="fresh model trained at u")
-    ax.axhline(100 * oned["warm_test_accuracy"], color="C1", label="warm-start inner model")
-    ax.axvline(oned["u_final"], color="gray", ls=":", label="final u")
-    ax.set_xlabel("u (1-D outer parameter)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.legend(fontsize=8)
+    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(10, 3.5))
+    ax0.plot(oned["grid"], 100 * oned["grid_accuracy"], label="fresh model trained at u")
+    ax0.axhline(100 * oned["warm"].mean(), color="C1", label="warm-start inner model")
+    ax0.axhline(100 * oned["full_data"].mean(), color="C2", ls="--", label="trained on all data")
+    m = len(oned["grid"]) / 2
+    ax0.axvline(oned["u_trace"][-1] % m, color="gray", ls=":", label="final u (seed 0)")
+    ax0.set_xlabel("u (1-D outer parameter, ring position)")
+    ax0.set_ylabel("test accuracy (%)")
+    ax0.legend(fontsize=7)
+    ax1.plot(oned["u_trace"])
+    ax1.set_xlabel("outer step")
+    ax1.set_ylabel("u (seed 0)")
     ctx.save_figure(fig, "oned_leak.png")
+
+
+def _claim(judge: bool, claim: str, paper: str, ours, holds: bool) -> Claim:
+    if judge:
+        return Claim(claim, scale="quick", paper=paper, ours=ours, holds=bool(holds))
+    return Claim(
+        claim,
+        scale="quick",
+        paper=paper,
+        ours=ours,
+        holds=None,
+        reason="smoke scale runs a handful of steps to exercise the code; judged at quick scale",
+    )
 
 
 def run(cfg: Config, ctx) -> Result:
     seed = ctx.seed
+    judge = ctx.scale != "smoke"
 
     def quad_stage():
         previous = jax.config.jax_enable_x64
@@ -364,113 +564,147 @@ def run(cfg: Config, ctx) -> Result:
             jax.config.update("jax_enable_x64", previous)
 
     ctx.log("stage 1/3: quadratic bilevel problem (float64)")
-    quad = ctx.stage("quadratic", quad_stage)
+    quad = _quadratic_order(ctx.stage("quadratic", quad_stage))
     distill = {}
     for ipc in cfg.dd_images_per_class:
-        ctx.log(f"stage 2/3: dataset distillation, {ipc} image(s) per class")
+        ctx.log(f"stage 2/3: dataset distillation, {ipc} image(s) per class, {cfg.seeds} seeds")
         distill[f"{ipc}/class"] = ctx.stage(
             f"distill_{ipc}", lambda ipc=ipc: _run_distill(cfg, seed, ipc)
         )
-    ctx.log("stage 3/3: 1-D outer parameter")
+    ctx.log(f"stage 3/3: 1-D outer parameter, {cfg.seeds} seeds")
     oned = ctx.stage("oned", lambda: _run_oned(cfg, seed))
     _plots(ctx, quad, distill, oned)
 
     claims = []
     cold = quad["cold exact"]
     claims.append(
-        Claim(
+        _claim(
+            judge,
             "quadratic: cold start with exact hypergradients from u0=0 reaches the min-norm outer "
             "solution, ||u-u†||/||u†|| <= 1e-6",
-            scale="quick",
-            paper="Sec. 3: cold-start BLO on quadratics yields minimum-norm outer parameters",
-            ours=cold["dist_to_min_norm"],
-            holds=cold["dist_to_min_norm"] <= 1e-6,
+            "Sec. 3: cold-start BLO on quadratics yields minimum-norm outer parameters",
+            cold["dist_to_min_norm"],
+            cold["dist_to_min_norm"] <= 1e-6,
         )
     )
     warm_name = f"warm unroll T={cfg.quad_warm_unroll_steps}"
     warm = quad[warm_name]
     claims.append(
-        Claim(
+        _claim(
+            judge,
             f"quadratic: warm start ({warm_name}) solves the outer problem (residual <= 1e-6) "
             "but lands elsewhere (||u-u†||/||u†|| >= 1e-3)",
-            scale="quick",
-            paper="Sec. 3-4: warm start converges to a different solution",
-            ours=f"residual {warm['outer_residual']:.2e}, distance {warm['dist_to_min_norm']:.2e}",
-            holds=warm["outer_residual"] <= 1e-6 and warm["dist_to_min_norm"] >= 1e-3,
+            "Sec. 3-4: warm start converges to a different solution",
+            f"residual {warm['outer_residual']:.2e}, distance {warm['dist_to_min_norm']:.2e}",
+            warm["outer_residual"] <= 1e-6 and warm["dist_to_min_norm"] >= 1e-3,
         )
     )
     approx = {n: v for n, v in quad.items() if "Neumann" in n or "cold unroll" in n}
     dists = [v["dist_to_min_norm"] for v in approx.values()]
+    sweep_claim = (
+        "quadratic: the outer solution moves with the hypergradient approximation (Neumann "
+        "K / unroll T sweeps land at distances from u† spanning >= 10x, and at least one >= 1e-3)"
+    )
+    sweep_paper = (
+        "Sec. 4 (ii): the hypergradient approximation changes which outer solution is found"
+    )
+    if dists:
+        claims.append(
+            _claim(
+                judge,
+                sweep_claim,
+                sweep_paper,
+                ", ".join(f"{n}: {v['dist_to_min_norm']:.1e}" for n, v in approx.items()),
+                max(dists) >= 1e-3 and max(dists) >= 10 * min(dists),
+            )
+        )
+    else:
+        claims.append(
+            Claim(
+                sweep_claim,
+                scale="quick",
+                paper=sweep_paper,
+                ours=None,
+                holds=None,
+                reason="this scale runs no Neumann K / unroll T sweep",
+            )
+        )
+    paper = {"1/class": "MNIST 30.7 / 90.8 / 12.9", "10/class": "MNIST 89.1 / 97.5 / 17.1"}
+    for key, res in distill.items():
+        c, w = 100 * res["cold"]["test_accuracy"], 100 * res["warm"]["test_accuracy"]
+        r = 100 * res["warm"]["retrain_test_accuracy"]
+        claims.append(
+            _claim(
+                judge,
+                f"distillation {key}: warm-start test accuracy >= cold-start + 20 points "
+                f"(means over {cfg.seeds} seeds)",
+                f"Table 3 cold / warm / warm+retrain: {paper.get(key, '')}",
+                f"cold {_ms(c / 100)}, warm {_ms(w / 100)} (warm - cold "
+                f"{w.mean() - c.mean():+.1f})",
+                w.mean() >= c.mean() + 20,
+            )
+        )
+        claims.append(
+            _claim(
+                judge,
+                f"distillation {key}: a fresh model retrained on the final warm-start images "
+                "gets <= 25% test accuracy (chance 10%; mean over seeds)",
+                f"Table 3: {paper.get(key, '')}",
+                _ms(r / 100),
+                r.mean() <= 25,
+            )
+        )
+    gap = 100 * (oned["warm"] - oned["fresh"])
     claims.append(
-        Claim(
-            "quadratic: the outer solution moves with the hypergradient approximation (Neumann "
-            "K / unroll T sweeps land at distances from u† spanning >= 10x, and at least one "
-            ">= 1e-3)",
-            scale="quick",
-            paper="Sec. 4 (ii): the hypergradient approximation changes which outer solution "
-            "is found",
-            ours=", ".join(f"{n}: {v['dist_to_min_norm']:.1e}" for n, v in approx.items()),
-            holds=bool(dists) and max(dists) >= 1e-3 and max(dists) >= 10 * min(dists),
+        _claim(
+            judge,
+            "1-D outer parameter: the warm-started inner model beats a fresh model trained at "
+            "the final outer value by >= 10 test-accuracy points (mean over seeds)",
+            "Abstract: warm-start inner solutions encode outer information even with "
+            "low-dimensional outer parameters",
+            f"warm {_ms(oned['warm'])} vs fresh {_ms(oned['fresh'])} (gap {gap.mean():.1f} ± "
+            f"{gap.std():.1f}); best fresh over all u {_ms(oned['best_fresh_on_grid'])}",
+            gap.mean() >= 10,
         )
     )
-    for key, res in distill.items():
-        c, w, r = (
-            100 * res["cold"]["test_accuracy"],
-            100 * res["warm"]["test_accuracy"],
-            100 * res["warm"]["retrain_test_accuracy"],
-        )
-        paper = {"1/class": "MNIST 30.7 / 90.8 / 12.9", "10/class": "MNIST 89.1 / 97.5 / 17.1"}
-        claims.append(
-            Claim(
-                f"distillation {key}: warm-start test accuracy >= cold-start + 20 points",
-                scale="quick",
-                paper=f"Table 3 cold / warm / warm+retrain: {paper.get(key, '')}",
-                ours=f"cold {c:.1f}, warm {w:.1f}",
-                holds=w >= c + 20,
-            )
-        )
-        claims.append(
-            Claim(
-                f"distillation {key}: a fresh model retrained on the final warm-start images "
-                "gets <= 25% test accuracy (chance 10%)",
-                scale="quick",
-                paper=f"Table 3: {paper.get(key, '')}",
-                ours=f"{r:.1f}",
-                holds=r <= 25,
-            )
-        )
-    gap = 100 * (oned["warm_test_accuracy"] - oned["fresh_test_accuracy"])
-    claims.append(
-        Claim(
-            "1-D outer parameter: the warm-started inner model beats a fresh model trained at "
-            "the final outer value by >= 10 test-accuracy points",
-            scale="quick",
-            paper="Abstract: warm-start inner solutions encode outer information even with "
-            "low-dimensional outer parameters",
-            ours=f"warm {100 * oned['warm_test_accuracy']:.1f} vs fresh "
-            f"{100 * oned['fresh_test_accuracy']:.1f} (gap {gap:.1f})",
-            holds=gap >= 10,
-        )
+    return Result(
+        metrics=_metrics(quad, distill, oned),
+        claims=claims,
+        report=_report(cfg, quad, distill, oned),
     )
 
-    metrics = {
+
+def _metrics(quad, distill, oned) -> dict:
+    def listify(v):
+        v = np.asarray(v)
+        return v.tolist() if v.ndim else v.item()
+
+    skip = ("outer_loss_trace", "images", "u_trace", "grid", "grid_accuracy")
+    return {
         "quadratic": {
             n: {k: v for k, v in r.items() if k != "outer_loss_trace"} for n, r in quad.items()
         },
         "distill": {
             k: {
-                m: {kk: vv for kk, vv in r.items() if kk not in ("outer_loss_trace", "images")}
+                m: (
+                    {kk: listify(vv) for kk, vv in r.items() if kk not in skip}
+                    if isinstance(r, dict)
+                    else listify(r)
+                )
                 for m, r in res.items()
             }
             for k, res in distill.items()
         },
-        "oned": {
-            k: v for k, v in oned.items() if k not in ("outer_loss_trace", "grid", "grid_accuracy")
-        },
+        "oned": {k: listify(v) for k, v in oned.items() if k not in skip},
     }
+
+
+def _report(cfg: Config, quad, distill, oned) -> str:
     lines = [
-        "Quadratic (float64): distance of each algorithm's outer solution from the min-norm "
-        "solution u† and relative outer residual |M u - t| / |t|:",
+        "### 1. Quadratic (float64)",
+        "",
+        "Distance of each algorithm's outer solution from the min-norm solution u† and the "
+        "relative outer residual |M u - t| / |t|:",
         "",
         "| run | ||u-u†||/||u†|| | residual | ||u||/||u†|| |",
         "|---|---|---|---|",
@@ -482,32 +716,95 @@ def run(cfg: Config, ctx) -> Result:
         )
     lines += [
         "",
-        "Dataset distillation (digits, tanh MLP, implicit hypergradients with "
-        f"Neumann K={cfg.dd_neumann_k}; cold start: {cfg.dd_cold_inner_steps} inner steps from a "
-        f"fixed init; warm start: {cfg.dd_warm_inner_steps} inner steps carried; re-train: a "
-        f"fresh init trained {cfg.dd_retrain_steps} steps on the final images). Test accuracy (%):",
+        "### 2. Dataset distillation (digits)",
         "",
-        "| images/class | cold | warm | warm + re-train | cold + re-train |",
-        "|---|---|---|---|---|",
+        f"Inner model: tanh MLP 64-{cfg.hidden}-10, SGD lr {cfg.inner_lr}. Synthetic images: "
+        "Gaussian noise N(0, 1) on the standardized pixel scale, fixed one-hot labels. Outer: "
+        f"Adam on the pixels for {cfg.dd_outer_steps} steps, outer objective = cross-entropy on "
+        f"the {cfg.train_size} training images; test = the other digits. Cold start: a new "
+        f"random inner init at every outer step, {cfg.dd_cold_inner_steps} inner steps, "
+        "hypergradient by backpropagation through them; evaluated as fresh inits trained "
+        f"{cfg.dd_cold_inner_steps} steps on the final images. Warm start: the inner model is "
+        f"carried, {cfg.dd_warm_inner_steps} inner step(s) per outer step with the hypergradient "
+        "through it; evaluated as the carried model. Re-train: fresh inits trained "
+        f"{cfg.retrain_steps} steps on the final images. Outer lr chosen per method from "
+        f"{list(cfg.dd_outer_lrs)} by the final outer loss (training loss, not test accuracy). "
+        f"Test accuracy (%), mean ± std over {cfg.seeds} seeds:",
+        "",
+        "| images/class | cold | warm | warm + re-train | cold + re-train | outer lr cold / warm "
+        "| final outer loss cold / warm |",
+        "|---|---|---|---|---|---|---|",
     ]
     for k, res in distill.items():
+        c, w = res["cold"], res["warm"]
         lines.append(
-            f"| {k} | {100 * res['cold']['test_accuracy']:.1f} | "
-            f"{100 * res['warm']['test_accuracy']:.1f} | "
-            f"{100 * res['warm']['retrain_test_accuracy']:.1f} | "
-            f"{100 * res['cold']['retrain_test_accuracy']:.1f} |"
+            f"| {k} | {_ms(c['test_accuracy'])} | {_ms(w['test_accuracy'])} | "
+            f"{_ms(w['retrain_test_accuracy'])} | {_ms(c['retrain_test_accuracy'])} | "
+            f"{c['outer_lr']} / {w['outer_lr']} | {np.mean(c['outer_loss']):.3f} / "
+            f"{np.mean(w['outer_loss']):.3f} |"
         )
+    lines += ["", "Every outer lr of the grid (test accuracy %, mean over seeds):", ""]
+    for k, res in distill.items():
+        for method in ("cold", "warm"):
+            r = res[method]
+            per_lr = ", ".join(
+                f"lr {lr}: {100 * a:.1f} (outer loss {lo:.3f})"
+                for lr, a, lo in zip(
+                    res["outer_lrs"], r["test_accuracy_by_lr"], r["outer_loss_by_lr"]
+                )
+            )
+            lines.append(f"- {k} {method}: {per_lr}")
+    first = distill[next(iter(distill))]
     lines += [
         "",
-        f"1-D outer parameter: final u = {oned['u_final']:.3f}; warm-start inner model "
-        f"{100 * oned['warm_test_accuracy']:.1f}%, fresh model at the final u "
-        f"{100 * oned['fresh_test_accuracy']:.1f}%, best fresh model over a grid of u "
-        f"{100 * oned['best_fresh_on_grid']:.1f}%.",
+        "Headroom: a model trained "
+        f"{cfg.retrain_steps} steps on all {cfg.train_size} training images reaches "
+        f"{_ms(oned['full_data'])}% (section 3's reference). Table 3's warm - cold gap of 20+ "
+        "points needs cold start far below that ceiling (MNIST, 1 image/class: cold 30.7% "
+        "against ~98% for a full-data model). Here cold start, which must teach a new random "
+        f"init in {cfg.dd_cold_inner_steps} steps, reaches {_ms(first['cold']['test_accuracy'])}% "
+        f"with {next(iter(distill))}, so on digits the gap is bounded by "
+        f"{100 * (np.mean(oned['full_data']) - np.mean(first['cold']['test_accuracy'])):.1f} "
+        "points before warm start is even run. The re-train column is the part of Table 3 that "
+        "digits can test: whether the warm-start model's accuracy lives in its carried weights "
+        "rather than in the learned images.",
+        "",
+        "### 3. 1-D outer parameter",
+        "",
+        f"u is a position on a ring of {cfg.oned_ring} real training images per class; the "
+        "synthetic set at u is one image per class, the Gaussian-kernel blend (width "
+        f"{cfg.oned_width} positions) of the ring images around u. Warm start, "
+        f"{cfg.oned_warm_inner_steps} inner step(s) per outer step, {cfg.oned_outer_steps} outer "
+        f"steps, outer lr {oned['outer_lr']} (chosen from {list(cfg.oned_outer_lrs)} by the "
+        "final outer loss). Metric: test accuracy (%), mean ± std over seeds.",
+        "",
+        f"- warm-start inner model: {_ms(oned['warm'])}",
+        f"- fresh model trained {cfg.retrain_steps} steps on the 10 images at the final u: "
+        f"{_ms(oned['fresh'])}",
+        f"- best fresh model over a grid of u (every half position): "
+        f"{_ms(oned['best_fresh_on_grid'])}",
+        f"- reference, trained {cfg.retrain_steps} steps on all {cfg.train_size} training "
+        f"images: {_ms(oned['full_data'])}",
+        f"- ring positions visited by u (of {cfg.oned_ring}), per seed: "
+        f"{oned['positions_visited'].tolist()}; u stays within half a position of its final "
+        f"value from outer step {oned['settled_step'].tolist()} on (of {cfg.oned_outer_steps})",
+        "- warm - fresh gap by outer lr: "
+        + ", ".join(
+            f"lr {lr}: {100 * g:.1f}" for lr, g in zip(oned["outer_lrs"], oned["gap_by_lr"])
+        ),
+        "",
+        "Reading: the warm-start model is trained on the 10 images of every position u passes "
+        "through. Once it fits the current 10 images their loss gradient is small, so later "
+        "steps change it little and what it learned at earlier positions is largely kept (the "
+        "inner problem is overparameterized; u settles early in most seeds, above). A fresh "
+        "model sees only the final position. Where u ends up is "
+        "chosen by hypergradients of the carried model, not of a fresh one, so the final u need "
+        "not be a good position for a fresh model (compare the grid).",
         "",
         "MNIST / CIFAR-10 at the paper's scale are not implemented (no loader); the paper scale "
-        "runs the digits tasks longer.",
+        "runs the digits tasks longer and with more seeds.",
     ]
-    return Result(metrics=metrics, claims=claims, report="\n".join(lines))
+    return "\n".join(lines)
 
 
 EXPERIMENT = Experiment(

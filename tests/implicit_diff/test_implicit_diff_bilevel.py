@@ -16,6 +16,7 @@ from respax.implicit_diff import (
     bilevel_init,
     bilevel_optimize,
     bilevel_run,
+    hypergradient,
 )
 
 D, P, M = 8, 12, 5  # inner dim, outer dim (overparameterized: P > M), outer residual dim
@@ -115,3 +116,43 @@ def test_config_errors():
     state = bilevel_init(config, jnp.zeros(2), jnp.zeros(2))
     with pytest.raises(ValueError, match="num_outer_steps"):
         bilevel_run(config, lambda u, w: jnp.sum(w), lambda u, w: jnp.sum(w), state, 0)
+
+
+def test_cold_start_inner_sampler_draws_a_new_init_every_outer_step():
+    # Oracle: a Python loop of hypergradients, each from w0 = sampler(fold_in(key, t)).
+    b = jnp.asarray(np.random.default_rng(3).normal(size=(4, 3)))
+    inner = lambda u, w: 0.5 * jnp.sum((w - b @ u) ** 2)
+    outer = lambda u, w: 0.5 * jnp.sum((w - 1.0) ** 2)
+    method = FullUnroll(optax.sgd(0.3), 2)  # 2 steps from w0: the result depends on w0
+    sampler = lambda key: jax.random.normal(key, (4,))
+    config = BilevelConfig(method, optax.sgd(0.1), inner_sampler=sampler)
+    key, u0, w_fixed = jax.random.key(7, impl="rbg"), jnp.zeros(3), jnp.zeros(4)
+    state, history = jax.jit(
+        lambda u, w, k: bilevel_optimize(config, outer, inner, u, w, 5, key=k)
+    )(u0, w_fixed, key)
+
+    @jax.jit
+    def oracle(u, key):
+        def step(u, t):
+            w0 = sampler(jax.random.fold_in(key, t))
+            g, info = hypergradient(outer, inner, u, w0, method)
+            return u - 0.1 * g, info.outer_loss
+
+        return jax.lax.scan(step, u, jnp.arange(5))
+
+    u, losses = oracle(u0, key)
+    np.testing.assert_allclose(state.outer_params, u, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(history.outer_loss, losses, rtol=1e-5, atol=1e-6)
+
+    fixed_config = BilevelConfig(method, optax.sgd(0.1))
+    fixed, _ = jax.jit(lambda u, w: bilevel_optimize(fixed_config, outer, inner, u, w, 5))(
+        u0, w_fixed
+    )
+    assert not np.allclose(fixed.outer_params, state.outer_params)  # the draws are used
+
+    with pytest.raises(ValueError, match="key"):
+        bilevel_init(config, u0, w_fixed)
+    with pytest.raises(ValueError, match="cold start"):
+        BilevelConfig(method, optax.sgd(0.1), warm_start=True, inner_sampler=sampler)
+    with pytest.raises(TypeError, match="inner_sampler"):
+        BilevelConfig(method, optax.sgd(0.1), inner_sampler="normal")

@@ -46,10 +46,20 @@ def _make_implicit(x, y, solve, check_tol=None):
     """The argmin by L-BFGS (a while loop: not differentiable by itself), wrapped implicitly.
     Closes over the data arrays x, y."""
 
+    # L-BFGS with a backtracking line search that stores its gradient (the cheaper program to
+    # compile; `solve_inner` reuses the stored value and gradient). The slack rtol lets it accept
+    # steps whose decrease float64 cannot resolve near the solution.
+    search = optax.scale_by_backtracking_linesearch(15, store_grad=True, rtol=1e-6)
+
     @implicit_argmin(lambda w, lam: _ridge_loss(w, lam, x, y), solve=solve, check_tol=check_tol)
     def argmin(w0, lam):
         w, _ = solve_inner(
-            lambda lm, w: _ridge_loss(w, lm, x, y), lam, w0, optax.lbfgs(), max_steps=200, tol=1e-13
+            lambda lm, w: _ridge_loss(w, lm, x, y),
+            lam,
+            w0,
+            optax.lbfgs(linesearch=search),
+            max_steps=200,
+            tol=1e-13,
         )
         return w
 

@@ -3,7 +3,9 @@
 Each outer step runs the inner optimizer for T steps, computes a hypergradient and applies the
 outer optimizer:
 
-- cold start re-initializes the inner parameters to the fixed `w_init` at every outer step;
+- cold start re-initializes the inner parameters at every outer step: to the fixed `w_init`, or,
+  with `BilevelConfig(inner_sampler=...)`, to a fresh random draw `inner_sampler(key_t)` (so the
+  outer parameters must work for any initialization, as in dataset distillation);
 - warm start carries the inner parameters over from the previous outer step.
 
 With an unrolled method (`FullUnroll` / `TruncatedUnroll`) the T inner steps are those of the
@@ -14,7 +16,7 @@ seeds or hyperparameter batches.
 """
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
@@ -39,6 +41,10 @@ class BilevelConfig(eqx.Module):
         inner_optimizer: optax transformation for w; required with `Implicit`, must be None with
             the unrolled methods (they carry their own).
         num_inner_steps: T; required with `Implicit`, must be None with the unrolled methods.
+        inner_sampler: cold start only: `inner_sampler(key) -> w` draws a new inner
+            initialization at every outer step, with `key = jax.random.fold_in(state.key, t)` at
+            outer step t (`bilevel_init(..., key=...)` sets `state.key`). None reuses the fixed
+            `inner_init`.
 
     Example:
         >>> import optax
@@ -52,6 +58,7 @@ class BilevelConfig(eqx.Module):
     warm_start: bool = eqx.field(static=True, default=False)
     inner_optimizer: optax.GradientTransformation | None = eqx.field(static=True, default=None)
     num_inner_steps: int | None = eqx.field(static=True, default=None)
+    inner_sampler: Callable[[Any], PyTree] | None = eqx.field(static=True, default=None)
 
     def __check_init__(self):
         if not isinstance(self.method, FullUnroll | TruncatedUnroll | Implicit):
@@ -60,6 +67,17 @@ class BilevelConfig(eqx.Module):
                 f"{type(self.method).__name__}."
             )
         check_optimizer("outer_optimizer", self.outer_optimizer)
+        if self.inner_sampler is not None:
+            if not callable(self.inner_sampler):
+                raise TypeError(
+                    "`inner_sampler` must be None or a callable key -> inner params, got "
+                    f"{type(self.inner_sampler).__name__}."
+                )
+            if self.warm_start:
+                raise ValueError(
+                    "`inner_sampler` is for cold start (a new inner initialization every outer "
+                    "step); warm start carries w, so pass its initial value as `inner_init`."
+                )
         if isinstance(self.method, Implicit):
             if self.inner_optimizer is None or self.num_inner_steps is None:
                 raise ValueError(
@@ -83,6 +101,7 @@ class BilevelState(NamedTuple):
     inner_init: PyTree  # the fixed w_init of cold start (and the first warm-start step)
     outer_opt_state: PyTree
     step: Int[Array, ""]  # outer steps done
+    key: Any = None  # PRNG key of `BilevelConfig.inner_sampler` (None without a sampler)
 
 
 class BilevelHistory(NamedTuple):
@@ -93,8 +112,16 @@ class BilevelHistory(NamedTuple):
     inner_grad_norm: Float[Array, " steps"]
 
 
-def bilevel_init(config: BilevelConfig, outer_params: PyTree, inner_init: PyTree) -> BilevelState:
+def bilevel_init(
+    config: BilevelConfig, outer_params: PyTree, inner_init: PyTree, *, key: Any = None
+) -> BilevelState:
     """The initial state: u0, w_init, a fresh outer optimizer state.
+
+    Args:
+        config: the `BilevelConfig`.
+        outer_params: u0.
+        inner_init: w_init (with `config.inner_sampler`, any draw of it: it fixes the structure).
+        key: a PRNG key; required with `config.inner_sampler`, ignored without.
 
     Example:
         >>> import jax.numpy as jnp, optax
@@ -105,18 +132,29 @@ def bilevel_init(config: BilevelConfig, outer_params: PyTree, inner_init: PyTree
     """
     if not isinstance(config, BilevelConfig):
         raise TypeError(f"`config` must be a BilevelConfig, got {type(config).__name__}.")
+    if config.inner_sampler is not None and key is None:
+        raise ValueError(
+            "`key` is required when `config.inner_sampler` is set (it seeds the inner "
+            "initialization drawn at every outer step), e.g. key=jax.random.PRNGKey(0)."
+        )
     return BilevelState(
         outer_params=outer_params,
         inner_params=inner_init,
         inner_init=inner_init,
         outer_opt_state=config.outer_optimizer.init(outer_params),
         step=jnp.asarray(0, jnp.int32),
+        key=key if config.inner_sampler is not None else None,
     )
 
 
 def _outer_step(config: BilevelConfig, outer_loss, inner_loss, state: BilevelState):
     u = state.outer_params
-    w_start = state.inner_params if config.warm_start else state.inner_init
+    if config.warm_start:
+        w_start = state.inner_params
+    elif config.inner_sampler is not None:
+        w_start = config.inner_sampler(jax.random.fold_in(state.key, state.step))
+    else:
+        w_start = state.inner_init
     method = config.method
     if isinstance(method, Implicit):
         w_start = run_inner_optimizer(
@@ -134,6 +172,7 @@ def _outer_step(config: BilevelConfig, outer_loss, inner_loss, state: BilevelSta
         inner_init=state.inner_init,
         outer_opt_state=opt_state,
         step=state.step + 1,
+        key=state.key,
     )
     trace = (info.outer_loss, otu.norm(hypergrad), info.inner_grad_norm)
     return new_state, trace
@@ -196,8 +235,12 @@ def bilevel_optimize(
     outer_params: PyTree,
     inner_init: PyTree,
     num_outer_steps: int,
+    *,
+    key: Any = None,
 ) -> tuple[BilevelState, BilevelHistory]:
     """`bilevel_init` followed by `bilevel_run`: a whole cold- or warm-start run.
+
+    `key` seeds `config.inner_sampler` (required with it, ignored without).
 
     Example:
         >>> import jax.numpy as jnp, optax
@@ -209,5 +252,5 @@ def bilevel_optimize(
         >>> state.outer_params
         Array([1., 1.], dtype=float32)
     """
-    state = bilevel_init(config, outer_params, inner_init)
+    state = bilevel_init(config, outer_params, inner_init, key=key)
     return bilevel_run(config, outer_loss, inner_loss, state, num_outer_steps)

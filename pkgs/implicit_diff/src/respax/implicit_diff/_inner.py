@@ -155,8 +155,9 @@ def solve_inner(
 
     A `lax.while_loop` (not reverse-differentiable: differentiate its solution with
     `hypergradient(..., Implicit(...))` or `implicit_root`). Works with optax's L-BFGS: when the
-    optimizer state stores the value and gradient of its line search, they are reused
-    (`optax.value_and_grad_from_state`), so each step costs one line search.
+    optimizer state stores the value and gradient of its line search (optax's default zoom line
+    search, or `optax.scale_by_backtracking_linesearch(..., store_grad=True)`), they are reused,
+    so each step costs one line search.
 
     Args:
         inner_loss: `inner_loss(u, w) -> scalar`.
@@ -182,14 +183,24 @@ def solve_inner(
     check_positive("tol", tol, allow_zero=True)
     check_optimizer("optimizer", optimizer)
     value_fn = lambda w: inner_loss(outer_params, w)
+    value_and_grad = jax.value_and_grad(value_fn)
     state0 = optimizer.init(inner_params)
+    # A line search that stores the value and gradient at the new iterate (optax's zoom, or
+    # backtracking with `store_grad=True`) saves one evaluation per step. They are read from the
+    # state directly (what `optax.value_and_grad_from_state` returns after the first update,
+    # without its fallback branch): one compiled copy of the objective fewer, no `cond` per step.
     from_state = _has_stored_value_and_grad(state0)
-    value_and_grad = (
-        optax.value_and_grad_from_state(value_fn) if from_state else jax.value_and_grad(value_fn)
-    )
+
+    value0, grad0 = value_and_grad(inner_params)
 
     def vg(w, state):
-        return value_and_grad(w, state=state) if from_state else value_and_grad(w)
+        if from_state:  # same dtypes as the loop carry
+            value = jnp.asarray(otu.get(state, "value"), value0.dtype)
+            grad = jax.tree.map(
+                lambda g, g0: jnp.asarray(g, g0.dtype), otu.get(state, "grad"), grad0
+            )
+            return value, grad
+        return value_and_grad(w)
 
     def cond(carry):
         _, _, _, grad, k = carry
@@ -204,7 +215,6 @@ def solve_inner(
         value, grad = vg(w, state)
         return w, state, value, grad, k + 1
 
-    value0, grad0 = vg(inner_params, state0)
     init = (inner_params, state0, value0, grad0, jnp.asarray(0, jnp.int32))
     w, _, _, grad, k = jax.lax.while_loop(cond, body, init)
     grad_norm = otu.norm(grad)
