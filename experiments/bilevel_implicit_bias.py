@@ -807,10 +807,24 @@ def _report(cfg: Config, quad, distill, oned) -> str:
     return "\n".join(lines)
 
 
+def paper_probe(cfg: Config) -> Config:
+    """The paper config at its sizes (data, models, images per class, seeds) with 1-2 steps."""
+    return dataclasses.replace(
+        cfg,
+        quad_outer_steps=2,
+        quad_inner_steps=2,
+        retrain_steps=2,
+        dd_outer_steps=2,
+        dd_cold_inner_steps=2,
+        oned_outer_steps=2,
+    )
+
+
 EXPERIMENT = Experiment(
     name="bilevel_implicit_bias",
     title="On Implicit Bias in Overparameterized Bilevel Optimization (Vicol et al., ICML 2022)",
     config=Config,
     scales=SCALES,
     run=run,
+    paper_probe=paper_probe,
 )

@@ -603,10 +603,22 @@ def run(cfg: Config, ctx) -> Result:
     return Result(metrics=metrics, claims=claims, report=report)
 
 
+def paper_probe(cfg: Config) -> Config:
+    """The paper config at its sizes (data, widths, removed points, grid) with 1-4 steps each."""
+    return dataclasses.replace(
+        cfg,
+        train_steps=2,
+        response_steps=2,
+        grid_steps=tuple(range(1, len(cfg.grid_steps) + 1)),
+        mislabel_steps=2,
+    )
+
+
 EXPERIMENT = Experiment(
     name="influence_pbrf",
     title="If influence functions are the answer, then what is the question? (Bae et al. 2022)",
     config=Config,
     scales=SCALES,
     run=run,
+    paper_probe=paper_probe,
 )

@@ -18,7 +18,7 @@ for _p in (str(_HERE.parents[1]), str(_HERE)):  # the repo root (experiments/) a
 
 import runner_toy  # noqa: E402
 
-from experiments import Context  # noqa: E402
+from experiments import Context, _registry  # noqa: E402
 from experiments._config import OverrideError, apply_overrides, parse_value  # noqa: E402
 from experiments._runner import main  # noqa: E402
 
@@ -192,9 +192,8 @@ def test_reproduce_refuses_existing_results_and_unknown_names(capsys, tmp_path):
     )
     code, _, err = _run(capsys, "reproduce", "--out", str(tmp_path), "--only", "toy,nope")
     assert code == 2
-    assert "--only: unknown experiment(s) nope; known: superposition, toy, toy_broken" in (
-        _error_line(err)
-    )
+    known = ", ".join([*_registry.NAMES, "toy", "toy_broken"])
+    assert f"--only: unknown experiment(s) nope; known: {known}" in _error_line(err)
 
 
 def test_corrupt_checkpoint_on_resume_is_one_line(capsys, tmp_path):
