@@ -13,6 +13,7 @@ import dataclasses
 import gzip
 import struct
 import time
+import zipfile
 from pathlib import Path
 
 import equinox as eqx
@@ -31,6 +32,7 @@ class Config:
     dataset: str = "curves"  # curves | digits | mnist
     mnist_path: str = ""  # IDX (optionally .gz) or npz with x_train, for dataset=mnist
     num_train: int = 2000
+    image_size: int = 28  # side of the generated CURVES-style images
     encoder: tuple[int, ...] = (256, 64, 16)  # hidden sizes down to the code
     batch_size: int = 500
     steps: int = 400
@@ -44,10 +46,11 @@ class Config:
 
 SCALES = {
     "smoke": Config(
-        num_train=200,
-        encoder=(32, 8),
-        batch_size=100,
-        steps=20,
+        num_train=64,
+        image_size=10,
+        encoder=(16, 4),
+        batch_size=32,
+        steps=10,
         sgd_steps_factor=2,
         sgd_lrs=(0.01,),
         adam_lrs=(1e-3,),
@@ -95,20 +98,48 @@ def digits_dataset() -> np.ndarray:
 
 
 def load_mnist(path: str) -> np.ndarray:
-    """MNIST images in [0, 1], shape (n, 784), from an IDX file (optionally gzipped) or an npz file
-    holding `x_train` (or `images`)."""
+    """MNIST images in [0, 1], shape (n, rows * cols), from an IDX image file (optionally gzipped)
+    or an npz file holding `x_train` (or `images`).
+
+    Raises:
+        FileNotFoundError: `path` does not exist.
+        ValueError: the file is not a readable IDX image file or npz with those arrays (bad magic
+            number, truncated header or pixel data, missing key, corrupt gzip/zip).
+    """
     p = Path(path)
-    if not p.exists():
+    if not p.is_file():
         raise FileNotFoundError(f"mnist_path={path!r} does not exist; pass an IDX or npz file")
     if p.suffix == ".npz":
-        with np.load(p) as data:
-            key = "x_train" if "x_train" in data else "images"
-            x = np.asarray(data[key], np.float32)
+        try:
+            with np.load(p) as data:
+                keys = [k for k in ("x_train", "images") if k in data]
+                if not keys:
+                    raise ValueError(
+                        f"mnist_path={path!r}: npz holds {sorted(data.files)}, expected an array "
+                        "named 'x_train' or 'images'"
+                    )
+                x = np.asarray(data[keys[0]], np.float32)
+        except (OSError, EOFError, zipfile.BadZipFile) as err:
+            raise ValueError(f"mnist_path={path!r}: not a readable npz file ({err})") from err
+        if x.ndim < 2 or x.shape[0] == 0:
+            raise ValueError(f"mnist_path={path!r}: expected (n, 28, 28) images, got {x.shape}")
     else:
-        raw = (gzip.open if p.suffix == ".gz" else open)(p, "rb").read()
+        try:
+            raw = (gzip.open if p.suffix == ".gz" else open)(p, "rb").read()
+        except (OSError, EOFError) as err:
+            raise ValueError(f"mnist_path={path!r}: not a readable IDX file ({err})") from err
+        if len(raw) < 16:
+            raise ValueError(f"mnist_path={path!r}: {len(raw)} bytes, too short for an IDX header")
         magic, n, rows, cols = struct.unpack(">IIII", raw[:16])
         if magic != 2051:
-            raise ValueError(f"{path}: not an IDX image file (magic {magic}, expected 2051)")
+            raise ValueError(
+                f"mnist_path={path!r}: not an IDX image file (magic {magic}, expected 2051)"
+            )
+        if len(raw) - 16 != n * rows * cols:
+            raise ValueError(
+                f"mnist_path={path!r}: header says {n}x{rows}x{cols} pixels, file holds "
+                f"{len(raw) - 16} bytes of pixel data (truncated or corrupt)"
+            )
         x = np.frombuffer(raw[16:], np.uint8).reshape(n, rows * cols).astype(np.float32)
     x = x.reshape(x.shape[0], -1)
     return x / 255.0 if x.max() > 1.0 else x
@@ -116,7 +147,7 @@ def load_mnist(path: str) -> np.ndarray:
 
 def make_data(cfg: Config, key) -> np.ndarray:
     if cfg.dataset == "curves":
-        return curves_dataset(key, cfg.num_train)
+        return curves_dataset(key, cfg.num_train, cfg.image_size)
     if cfg.dataset == "digits":
         return digits_dataset()[: cfg.num_train]
     if cfg.dataset == "mnist":
@@ -164,10 +195,13 @@ def run(cfg: Config, ctx: Context) -> Result:
     loss_obj = BernoulliLoss()
     plan = capture_layers(model, loss_obj, jnp.zeros(dim), on_uncovered="raise")
 
+    @jax.jit
     def full_loss(p):
         return loss_obj.mean_loss(jax.vmap(eqx.combine(p, static))(data), data)
 
-    def first_order(opt, steps):
+    def first_order_chunk(opt):
+        # The learning rate lives in the optimizer state (inject_hyperparams), so one compiled
+        # program serves the whole learning-rate grid of an optimizer.
         def chunk_fn(state, start):
             def body(carry, i):
                 p, s, hist = carry
@@ -181,7 +215,17 @@ def run(cfg: Config, ctx: Context) -> Result:
             out, _ = jax.lax.scan(body, state, start + jnp.arange(cfg.chunk))
             return out
 
-        return jax.jit(chunk_fn), (params0, opt.init(params0), jnp.zeros(steps))
+        return jax.jit(chunk_fn)
+
+    sgd = optax.inject_hyperparams(optax.sgd)(learning_rate=0.0, momentum=cfg.momentum)
+    adam = optax.inject_hyperparams(optax.adam)(learning_rate=0.0)
+    chunk_fns = {"sgd": first_order_chunk(sgd), "adam": first_order_chunk(adam)}
+
+    def first_order(kind, lr, steps):
+        opt = sgd if kind == "sgd" else adam
+        state = opt.init(params0)
+        state.hyperparams["learning_rate"] = jnp.asarray(lr, jnp.float32)
+        return chunk_fns[kind], (params0, state, jnp.zeros(steps))
 
     kcfg = KFACConfig(
         learning_rate=None,
@@ -227,10 +271,10 @@ def run(cfg: Config, ctx: Context) -> Result:
     )
     base_steps = cfg.steps * cfg.sgd_steps_factor
     for lr in cfg.sgd_lrs:
-        fn, st = first_order(optax.sgd(lr, momentum=cfg.momentum), base_steps)
+        fn, st = first_order("sgd", lr, base_steps)
         timed(f"sgd_lr{lr:g}", fn, st, base_steps)
     for lr in cfg.adam_lrs:
-        fn, st = first_order(optax.adam(lr), base_steps)
+        fn, st = first_order("adam", lr, base_steps)
         timed(f"adam_lr{lr:g}", fn, st, base_steps)
 
     def smooth(h, w=10):
@@ -330,10 +374,28 @@ def run(cfg: Config, ctx: Context) -> Result:
     return Result(metrics=metrics, claims=claims, report=report)
 
 
+def paper_probe(cfg: Config) -> Config:
+    """The paper config cut to two updates per method (one learning rate each) at the paper's
+    shapes: the 784-1000-500-250-30 autoencoder and batch size. Without a user-supplied MNIST file
+    it trains on generated 28x28 CURVES-style images, two batches of them."""
+    data = {} if cfg.mnist_path else {"dataset": "curves", "image_size": 28}
+    return dataclasses.replace(
+        cfg,
+        num_train=2 * cfg.batch_size,
+        steps=2,
+        sgd_steps_factor=1,
+        sgd_lrs=cfg.sgd_lrs[-1:],
+        adam_lrs=cfg.adam_lrs[-1:],
+        chunk=2,
+        **data,
+    )
+
+
 EXPERIMENT = Experiment(
     name="kfac_autoencoder",
     title="K-FAC vs SGD-momentum and Adam on deep autoencoders (Martens & Grosse 2015)",
     config=Config,
     scales=SCALES,
     run=run,
+    paper_probe=paper_probe,
 )

@@ -57,6 +57,7 @@ class TransformerBlock(eqx.Module):
         return self.head(jnp.mean(x, axis=0))
 
 
+@pytest.mark.slow
 @pytest.mark.float64
 def test_mlp_factors_match_brute_force_and_grads():
     key = jax.random.key(0)
@@ -227,7 +228,12 @@ def test_zero_fallbacks_on_mlp_and_transformer_block(caplog):
     assert "UNCOVERED" not in report and "0 diagonal fallbacks" in report
     n_params = sum(x.size for x in jax.tree.leaves(eqx.filter(block, eqx.is_inexact_array)))
     assert sum(layer.num_params for layer in plan.layers) == n_params
-    # The statistics pass runs on the block and its gradient is the true one.
+
+
+@pytest.mark.slow
+def test_transformer_block_statistics_pass_gives_true_gradient():
+    block = TransformerBlock(jax.random.key(1))
+    plan = capture_layers(block, SoftmaxCrossEntropy(), jnp.zeros((16, 64)), on_uncovered="raise")
     x = jax.random.normal(jax.random.key(2), (4, 16, 64))
     y = jnp.arange(4) % 5
     loss, grads, stats = eqx.filter_jit(

@@ -11,10 +11,15 @@ from respax.core import SoftmaxCrossEntropy
 from respax.curvature import capture_layers, fit_ekfac, fit_kfac_factors, ggn_operator
 
 
-def _dense(mv, like):
+@eqx.filter_jit
+def _dense_jit(mv, like):
     flat, unravel = ravel_pytree(like)
     cols = jax.vmap(lambda e: ravel_pytree(mv(unravel(e)))[0])(jnp.eye(flat.size, dtype=flat.dtype))
-    return np.asarray(cols.T)
+    return cols.T
+
+
+def _dense(mv, like):
+    return np.asarray(_dense_jit(mv, like))
 
 
 class Net(eqx.Module):
@@ -51,15 +56,17 @@ def test_ekfac_closer_to_ggn_than_kfac_and_inverse_is_exact():
     # The eigenvalue correction is the exact diagonal of the GGN in the Kronecker eigenbasis, so
     # EK-FAC's diagonal blocks reproduce the GGN's own diagonal in that basis.
     assert err_e < 0.999 * err_k
-    # Damped inverse: exact inverse of (EK-FAC + d I).
+    # Damped inverse: exact inverse of (EK-FAC + d I), alone and vmapped over per-example
+    # gradients (the influence-function use); one compiled program for both.
     d = 1e-3
     v = jax.tree.map(lambda p: jnp.sin(jnp.arange(p.size, dtype=p.dtype).reshape(p.shape)), params)
-    got = ravel_pytree(ek.inverse_vp(v, d))[0]
+    batch_v = jax.tree.map(lambda a: jnp.stack([a, 2 * a]), v)
+    single, out = eqx.filter_jit(
+        lambda ek, v, bv: (ek.inverse_vp(v, d), jax.vmap(lambda g: ek.inverse_vp(g, d))(bv))
+    )(ek, v, batch_v)
+    got = ravel_pytree(single)[0]
     ref = np.linalg.solve(ekfac_dense + d * np.eye(ggn.shape[0]), ravel_pytree(v)[0])
     np.testing.assert_allclose(got, ref, rtol=1e-9, atol=1e-9 * np.abs(ref).max())
-    # vmapped over per-example gradients (the influence-function use).
-    batch_v = jax.tree.map(lambda a: jnp.stack([a, 2 * a]), v)
-    out = jax.vmap(lambda g: ek.inverse_vp(g, d))(batch_v)
     np.testing.assert_allclose(
         ravel_pytree(jax.tree.map(lambda a: a[1], out))[0],
         2 * ref,
@@ -76,6 +83,6 @@ def test_ekfac_bad_input():
         fit_ekfac(plan, mlp, x, batch_size=4)
     with pytest.raises(ValueError, match="targets"):
         fit_ekfac(plan, mlp, x, mode="empirical")
-    ek = fit_ekfac(plan, mlp, x)
+    ek = eqx.filter_jit(lambda m, x: fit_ekfac(plan, m, x))(mlp, x)
     with pytest.raises(ValueError, match="damping"):
         ek.inverse_vp(eqx.filter(mlp, eqx.is_inexact_array), -1.0)

@@ -1,6 +1,8 @@
 """K-FAC: exactness where the Kronecker form is exact, the optax transform's contract (scan, jit,
 structure, skipping, serialisation, errors), damping and the quadratic model, data parallelism."""
 
+import functools
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -25,6 +27,7 @@ from respax.curvature import (
 APPLY = lambda m, x: m(x)
 
 
+@eqx.filter_jit
 def _dense(mv, like):
     flat, unravel = ravel_pytree(like)
     cols = jax.vmap(lambda e: ravel_pytree(mv(unravel(e)))[0])(jnp.eye(flat.size, dtype=flat.dtype))
@@ -47,6 +50,18 @@ def _mlp_problem(key=0, batch=32):
     loss = SoftmaxCrossEntropy()
     plan = capture_layers(model, loss, jnp.zeros(4))
     return model, plan, x, y
+
+
+@functools.cache
+def _default():
+    """One problem, default-config optimizer and jitted update shared by several tests (one
+    compile)."""
+    model, plan, x, y = _mlp_problem()
+    params = _params(model)
+    opt = kfac(plan)
+    stats_fn = jax.jit(lambda p, x, y: kfac_stats(plan, p, x, y, mode="empirical"))
+    update = jax.jit(lambda g, s, p, st, lv: opt.update(g, s, p, stats=st, loss=lv))
+    return model, plan, x, y, params, opt, stats_fn, update
 
 
 @pytest.mark.float64
@@ -100,8 +115,8 @@ def test_pi_damped_inverse_matches_dense_kronecker():
     np.testing.assert_allclose(got, ref_flat, rtol=1e-10, atol=1e-12)
 
 
-def test_training_loop_in_one_scan_and_state_structure():
-    model, plan, x, y = _mlp_problem()
+def test_training_loop_in_one_scan():
+    model, plan, x, y = _mlp_problem(batch=16)
     params = _params(model)
     opt = kfac(
         plan,
@@ -125,17 +140,22 @@ def test_training_loop_in_one_scan_and_state_structure():
     assert int(state.step) == 100 and int(state.num_skipped) == 0
     assert bool(jnp.all(jnp.isfinite(losses)))
     assert float(losses[-1]) < 0.5 * float(losses[0])
-
-    # Structure, shapes and dtypes unchanged by update, with and without jit.
-    _, grads, stats = kfac_stats(plan, params, x, y, mode="empirical")
-    for fn in (opt.update, jax.jit(opt.update)):
-        _, s1 = fn(grads, state0, params, stats=stats)
-        assert jax.tree.structure(s1) == jax.tree.structure(state0)
-        for a, b in zip(jax.tree.leaves(s1), jax.tree.leaves(state0), strict=True):
-            assert a.shape == b.shape and a.dtype == b.dtype
     assert "steps: 100" in kfac_report(plan, state)
 
 
+def test_state_structure_unchanged_by_update_with_and_without_jit():
+    _, plan, x, y, params, opt, stats_fn, update = _default()
+    state0 = opt.init(params)
+    loss, grads, stats = stats_fn(params, x, y)
+    eager = lambda g, s, p, st, lv: opt.update(g, s, p, stats=st, loss=lv)
+    for fn in (eager, update):
+        _, s1 = fn(grads, state0, params, stats, loss)
+        assert jax.tree.structure(s1) == jax.tree.structure(state0)
+        for a, b in zip(jax.tree.leaves(s1), jax.tree.leaves(state0), strict=True):
+            assert a.shape == b.shape and a.dtype == b.dtype
+
+
+@pytest.mark.slow
 def test_adaptive_learning_rate_momentum_and_damping():
     model, plan, x, y = _mlp_problem()
     params = _params(model)
@@ -151,6 +171,7 @@ def test_adaptive_learning_rate_momentum_and_damping():
     state = opt.init(params)
     loss, grads, stats = kfac_stats(plan, params, x, y, mode="expected")
     upd = jax.jit(lambda g, s, p, st, lv: opt.update(g, s, p, stats=st, loss=lv, batch=(x, y)))
+    stats_fn = jax.jit(lambda p: kfac_stats(plan, p, x, y, mode="expected"))
     updates, state1 = upd(grads, state, params, stats, loss)
     # First step (no velocity): α = -g·Δ / (Δ^T (C + λ I) Δ) with C the exact batch GGN.
     c = _dense(ggn_operator(APPLY, plan.output_loss, model, x).mv, params)
@@ -170,20 +191,18 @@ def test_adaptive_learning_rate_momentum_and_damping():
     # A few more steps with joint α, μ stay finite and decrease the loss.
     p = optax.apply_updates(params, updates)
     for _ in range(5):
-        loss_i, grads, stats = kfac_stats(plan, p, x, y, mode="expected")
+        loss_i, grads, stats = stats_fn(p)
         updates, state1 = upd(grads, state1, p, stats, loss_i)
         p = optax.apply_updates(p, updates)
     assert np.isfinite(float(state1.momentum)) and float(loss_i) < float(loss)
 
 
 def test_nonfinite_step_is_skipped_and_counted():
-    model, plan, x, y = _mlp_problem()
-    params = _params(model)
-    opt = kfac(plan)
+    _, _, x, y, params, opt, stats_fn, update = _default()
     state = opt.init(params)
-    loss, grads, stats = kfac_stats(plan, params, x, y, mode="empirical")
+    loss, grads, stats = stats_fn(params, x, y)
     bad = jax.tree.map(lambda g: g.at[(0,) * g.ndim].set(jnp.nan), grads)
-    updates, s1 = jax.jit(lambda g, s: opt.update(g, s, params, stats=stats))(bad, state)
+    updates, s1 = update(bad, state, params, stats, loss)
     assert all(bool(jnp.all(u == 0)) for u in jax.tree.leaves(updates))
     assert int(s1.num_skipped) == 1 and int(s1.step) == 0
     for a, b in zip(
@@ -192,31 +211,28 @@ def test_nonfinite_step_is_skipped_and_counted():
         strict=True,
     ):
         np.testing.assert_array_equal(a, b)
-    _, s2 = opt.update(grads, s1, params, stats=stats, loss=jnp.asarray(jnp.inf))
+    _, s2 = update(grads, s1, params, stats, jnp.asarray(jnp.inf))
     assert int(s2.num_skipped) == 2
 
 
 def test_bad_input_and_serialisation(tmp_path):
-    model, plan, x, y = _mlp_problem()
-    params = _params(model)
+    _, plan, x, y, params, opt, stats_fn, update = _default()
     with pytest.raises(ValueError, match="damping"):
         KFACConfig(damping=-1.0)
     with pytest.raises(ValueError, match="inverse_update_period"):
         KFACConfig(inverse_update_period=0)
     with pytest.raises(ValueError, match="ema_decay"):
         KFACConfig(ema_decay=1.0)
-    opt = kfac(plan)
     state = opt.init(params)
-    _, grads, stats = kfac_stats(plan, params, x, y, mode="empirical")
+    loss, grads, stats = stats_fn(params, x, y)
     wrong = eqx.filter(eqx.nn.MLP(4, 3, 8, 2, key=jax.random.key(0)), eqx.is_inexact_array)
     with pytest.raises(ValueError, match="grads"):
         opt.update(wrong, state, params, stats=stats)
     with pytest.raises(ValueError, match="batch"):
         kfac(plan, KFACConfig(learning_rate=None)).update(grads, state, params, stats=stats)
-    _, state = opt.update(grads, state, params, stats=stats)
+    _, state = update(grads, state, params, stats, loss)
     path = tmp_path / "kfac_state.eqx"
     eqx.tree_serialise_leaves(path, state)
-    loaded = eqx.tree_serialise_leaves  # noqa: F841 - keep the symmetric API visible
     restored = eqx.tree_deserialise_leaves(path, opt.init(params))
     for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(state), strict=True):
         np.testing.assert_array_equal(a, b)
@@ -248,7 +264,7 @@ def test_damped_inverse_robust_in_float32():
 @pytest.mark.float64
 def test_data_parallel_statistics_and_updates_match_single_device():
     assert len(jax.devices()) >= 4
-    model, plan, x, y = _mlp_problem(batch=64)
+    model, plan, x, y = _mlp_problem(batch=16)
     params = _params(_f64(model))
     x = x.astype(jnp.float64)
     opt = kfac(plan, KFACConfig(learning_rate=0.1, momentum=0.5, damping=1e-2))

@@ -23,7 +23,9 @@ from respax.curvature import (
 APPLY = lambda m, x: m(x)
 
 
+@eqx.filter_jit
 def _dense(mv, like):
+    # One compiled program per operator instead of op-by-op dispatch of the vmapped matvec.
     flat, unravel = ravel_pytree(like)
     cols = jax.vmap(lambda e: ravel_pytree(mv(unravel(e)))[0])(jnp.eye(flat.size, dtype=flat.dtype))
     return cols.T
@@ -33,9 +35,9 @@ def _rel(a, b):
     return float(np.linalg.norm(np.asarray(a) - np.asarray(b)) / np.linalg.norm(np.asarray(b)))
 
 
-def _problem(loss_name, key):
+def _problem(loss_name, key, width=5):
     k1, k2, k3 = jax.random.split(key, 3)
-    model = eqx.nn.MLP(3, 3, 5, 1, activation=jnp.tanh, key=k1)
+    model = eqx.nn.MLP(3, 3, width, 1, activation=jnp.tanh, key=k1)
     model = jax.tree.map(lambda x: x.astype(jnp.float64) if eqx.is_inexact_array(x) else x, model)
     x = jax.random.normal(k2, (7, 3), jnp.float64)
     if loss_name == "softmax":
@@ -65,23 +67,36 @@ def _jacobians(model, x):
 )
 def test_ggn_hessian_empirical_fisher_match_dense(loss_name):
     model, loss, x, y = _problem(loss_name, jax.random.key(0))
-    flat, unravel, jac, f = _jacobians(model, x)
-    outs = jax.vmap(lambda xi: f(flat, xi))(x)
-    # Oracle output Hessians from autodiff of the loss (independent of hessian_sqrt).
-    h_out = jax.vmap(jax.hessian(loss.loss))(outs, y)
-    ggn = jnp.einsum("bkp,bkl,blq->pq", jac, h_out, jac) / x.shape[0]
-    hess = jax.hessian(lambda p: loss.mean_loss(jax.vmap(lambda xi: f(p, xi))(x), y))(flat)
-    per_grads = jax.vmap(jax.grad(lambda p, xi, yi: loss.loss(f(p, xi), yi)), (None, 0, 0))(
-        flat, x, y
-    )
-    emp = per_grads.T @ per_grads / x.shape[0]
-    diff, _ = split_params(model)
 
-    assert _rel(_dense(ggn_operator(APPLY, loss, model, x).mv, diff), ggn) < 1e-10
-    assert _rel(_dense(fisher_operator(APPLY, loss, model, x).mv, diff), ggn) < 1e-10
-    assert _rel(_dense(hessian_operator(APPLY, loss, model, x, y).mv, diff), hess) < 1e-10
-    op = empirical_fisher_operator(APPLY, loss, model, x, y)
-    assert _rel(_dense(op.mv, diff), emp) < 1e-10
+    @eqx.filter_jit
+    def oracles(model, x, y):
+        flat, unravel, jac, f = _jacobians(model, x)
+        outs = jax.vmap(lambda xi: f(flat, xi))(x)
+        # Oracle output Hessians from autodiff of the loss (independent of hessian_sqrt).
+        h_out = jax.vmap(jax.hessian(loss.loss))(outs, y)
+        ggn = jnp.einsum("bkp,bkl,blq->pq", jac, h_out, jac) / x.shape[0]
+        hess = jax.hessian(lambda p: loss.mean_loss(jax.vmap(lambda xi: f(p, xi))(x), y))(flat)
+        per_grads = jax.vmap(jax.grad(lambda p, xi, yi: loss.loss(f(p, xi), yi)), (None, 0, 0))(
+            flat, x, y
+        )
+        return ggn, hess, per_grads.T @ per_grads / x.shape[0]
+
+    @eqx.filter_jit
+    def operators(model, x, y):
+        diff, _ = split_params(model)
+        return (
+            _dense(ggn_operator(APPLY, loss, model, x).mv, diff),
+            _dense(fisher_operator(APPLY, loss, model, x).mv, diff),
+            _dense(hessian_operator(APPLY, loss, model, x, y).mv, diff),
+            _dense(empirical_fisher_operator(APPLY, loss, model, x, y).mv, diff),
+        )
+
+    ggn, hess, emp = oracles(model, x, y)
+    got_ggn, got_fisher, got_hess, got_emp = operators(model, x, y)
+    assert _rel(got_ggn, ggn) < 1e-10
+    assert _rel(got_fisher, ggn) < 1e-10
+    assert _rel(got_hess, hess) < 1e-10
+    assert _rel(got_emp, emp) < 1e-10
 
 
 @pytest.mark.slow
@@ -106,24 +121,30 @@ def test_mc_fisher_matches_dense_and_is_unbiased():
     assert _rel(_dense(op.mv, diff), exact) < 0.1
 
 
+@pytest.mark.slow
 @pytest.mark.float64
-def test_estimators_exact_cases_and_lanczos():
-    model, loss, x, _ = _problem("softmax", jax.random.key(2))
+def test_hutchpp_and_lanczos_exact_on_ggn():
+    model, loss, x, _ = _problem("softmax", jax.random.key(2), width=3)
     diff, _ = split_params(model)
     op = ggn_operator(APPLY, loss, model, x)
     dense = np.asarray(_dense(op.mv, diff))
     n = dense.shape[0]
     key = jax.random.key(5)
     # Hutch++ with a full-rank sketch is exact.
-    t = hutchpp_trace(op, key, num_matvecs=3 * n + 3)
+    t = jax.jit(lambda k: hutchpp_trace(op, k, num_matvecs=3 * n + 3))(key)
     assert abs(float(t) - np.trace(dense)) < 1e-10 * abs(np.trace(dense))
     # Lanczos with n iterations (full reorthogonalisation) recovers the top eigenvalues.
-    r = lanczos_top_k(op, key, k=4, num_iterations=n)
+    r = jax.jit(lambda k: lanczos_top_k(op, k, k=4, num_iterations=n))(key)
     top = np.sort(np.linalg.eigvalsh(dense))[::-1][:4]
     np.testing.assert_allclose(np.asarray(r.eigenvalues), top, rtol=1e-10, atol=1e-12 * top[0])
     v0 = jax.tree.map(lambda leaf: leaf[0], r.eigenvectors)
     av = ravel_pytree(op.mv(v0))[0]
     np.testing.assert_allclose(np.asarray(av), top[0] * ravel_pytree(v0)[0], atol=1e-8 * top[0])
+
+
+@pytest.mark.float64
+def test_hutchinson_exact_on_diagonal_matrix():
+    key = jax.random.key(5)
     # Rademacher Hutchinson is exact on diagonal matrices (trace and diagonal).
     d = jnp.arange(1.0, 9.0, dtype=jnp.float64)
     mv = lambda v: d * v
