@@ -3,6 +3,7 @@
 Everything here runs before JAX is imported, so the device count and the import hook take effect.
 """
 
+import contextlib
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -26,15 +27,21 @@ hypothesis.settings.register_profile(
 hypothesis.settings.load_profile("ci" if os.environ.get("CI") == "true" else "default")
 
 
-@pytest.fixture
-def float64():
-    """Turn on float64 for one test (numerics oracles), restoring the previous setting after."""
+@contextlib.contextmanager
+def _x64():
     previous = jax.config.jax_enable_x64
     jax.config.update("jax_enable_x64", True)
     try:
         yield
     finally:
         jax.config.update("jax_enable_x64", previous)
+
+
+@pytest.fixture
+def float64():
+    """Turn on float64 for one test (numerics oracles), restoring the previous setting after."""
+    with _x64():
+        yield
 
 
 @pytest.fixture(autouse=True)
@@ -43,9 +50,5 @@ def _float64_marker(request):
     if request.node.get_closest_marker("float64") is None:
         yield
         return
-    previous = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    try:
+    with _x64():
         yield
-    finally:
-        jax.config.update("jax_enable_x64", previous)
