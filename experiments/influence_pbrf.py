@@ -243,22 +243,10 @@ def loo_retrain_ridge(lin, loss, train, removed, lam, d):
 def _responses(cfg, loss, init, model, train, query, removed, damping):
     """Predicted (influence), PBRF and cold-start LOO changes of every query's loss: (q, r)."""
     f = fit_factors(apply, loss, model, train, strategy=Exact())
-    pred = pairwise_scores(f, apply, loss, model, query, train, damping=damping, normalize=True)[
-        :, removed
-    ]
+    pred, pbrf_change = _responses_no_cold(cfg, loss, f, model, train, query, removed, damping)
     base = _query_losses(
         loss, jax.tree.map(lambda a: a[None] if eqx.is_array(a) else a, model), query
     )[0]
-    pb = pbrf(
-        apply,
-        loss,
-        model,
-        train,
-        removed,
-        damping=damping,
-        optimizer=LBFGS,
-        num_steps=cfg.response_steps,
-    )
     cold = loo_retrain(
         apply,
         loss,
@@ -268,7 +256,6 @@ def _responses(cfg, loss, init, model, train, query, removed, damping):
         optimizer=adam(cfg.train_lr),
         num_steps=cfg.train_steps,
     )
-    pbrf_change = (_query_losses(loss, pb, query) - base).T
     cold_change = (_query_losses(loss, cold, query) - base).T
     return f, pred, pbrf_change, cold_change
 
