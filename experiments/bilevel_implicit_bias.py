@@ -9,12 +9,13 @@ Three findings, each a stage:
    Neumann K / unroll T approximations) land on other points. Run in float64.
 2. `distill`: dataset distillation on scikit-learn digits (1 and 10 synthetic images per class,
    fixed labels, images initialised to Gaussian noise on the standardized pixel scale, a tanh MLP
-   as inner model). Cold start draws a NEW random inner initialization at every outer step and
-   trains it T steps (hypergradient: backpropagation through the T steps), so the images must
-   teach any initialization; warm start carries the inner model and takes one inner step per
-   outer step (hypergradient through that step). Evaluated: cold start (fresh inits trained T
-   steps on the final images), warm start (the carried model), warm start + re-train (fresh inits
-   trained on the final warm-start images). Means and standard deviations over seeds (vmapped).
+   as inner model). Cold start (Alg. 1) re-solves the inner problem from the same fixed
+   initialization at every outer step (T SGD steps); warm start (Alg. 2) carries the inner model
+   and takes one SGD step per outer step. Both use the same hypergradient, the IFT with a
+   K-term Neumann series (Alg. 3) at the inner iterate, so only the start differs. Evaluated:
+   cold start (its own solution: the fixed init trained T steps on the final images), warm start
+   (the carried model), and re-train (fresh random inits trained on the final images). Means and
+   standard deviations over seeds (vmapped).
 3. `oned`: a 1-D outer parameter. u selects a point on a ring of real training images (one ring
    per class, m images each): the synthetic set at u is one image per class, a Gaussian-kernel
    blend of the ring images nearest to position u. Warm start moves u with hypergradients while
@@ -33,6 +34,7 @@ import numpy as np
 import optax
 
 from experiments._api import Claim, Experiment, Result
+from experiments._data import load_mnist_labeled
 from respax.implicit_diff import (
     BilevelConfig,
     DenseSolve,
@@ -57,7 +59,9 @@ class Config:
     quad_neumann_ks: tuple[int, ...] = (1, 3, 10, 30)
     quad_unroll_ts: tuple[int, ...] = (1, 3, 10, 30)
     quad_warm_unroll_steps: int = 2
-    # 2-3. digits (shared)
+    # 2-3. data (shared): scikit-learn digits, or MNIST from a user file (IDX or npz; see
+    # `experiments._data.load_mnist_labeled`) when `mnist_path` is set
+    mnist_path: str = ""
     seeds: int = 3
     hidden: int = 64
     train_size: int = 1200
@@ -67,8 +71,9 @@ class Config:
     # 2. dataset distillation
     dd_images_per_class: tuple[int, ...] = (1, 10)
     dd_outer_steps: int = 2000
-    dd_cold_inner_steps: int = 10
+    dd_cold_inner_steps: int = 50
     dd_warm_inner_steps: int = 1
+    dd_neumann_terms: int = 20
     dd_outer_lrs: tuple[float, ...] = (0.02, 0.2)
     # 3. 1-D outer parameter
     oned_ring: int = 20
@@ -92,14 +97,15 @@ SCALES = {
         dd_images_per_class=(1,),
         dd_outer_steps=4,
         dd_cold_inner_steps=2,
+        dd_neumann_terms=2,
         dd_outer_lrs=(0.1,),
         oned_ring=4,
         oned_outer_steps=4,
         oned_outer_lrs=(0.1,),
     ),
     "quick": Config(seeds=5),
-    # Paper scale runs the same digits tasks longer and with more seeds (MNIST / CIFAR-10 loaders
-    # are not implemented; see the report).
+    # Paper scale runs the tasks longer and with more seeds; for MNIST add
+    # mnist_path=/path/to/train-images-idx3-ubyte (or mnist.npz) and e.g. train_size=10000.
     "paper": Config(seeds=8, hidden=128, dd_outer_steps=10000, oned_outer_steps=5000),
 }
 
@@ -196,37 +202,50 @@ def _run_quadratic(cfg: Config, seed: int) -> dict:
 # 2-3. digits
 
 
-def _digits(cfg: Config, seed: int) -> dict:
-    """sklearn digits, shuffled with `seed`, split into train / test, standardized per pixel with
-    the training statistics (the std is floored at one grey level, 1/16, for constant pixels)."""
-    from sklearn.datasets import load_digits
+def _dataset(cfg: Config, seed: int) -> dict:
+    """`cfg.train_size` training images (shuffled with `seed`) and the test images: scikit-learn
+    digits (test = the other digits) or, with `cfg.mnist_path`, MNIST (test = its test split).
+    Standardized per pixel with the training statistics (the std floored at 1/16 for constant
+    pixels)."""
+    if cfg.mnist_path:
+        d = load_mnist_labeled(cfg.mnist_path)
+        perm = np.random.default_rng(seed).permutation(len(d["x_train"]))[: cfg.train_size]
+        xtr, ytr, xte, yte = d["x_train"][perm], d["y_train"][perm], d["x_test"], d["y_test"]
+    else:
+        from sklearn.datasets import load_digits
 
-    x, y = load_digits(return_X_y=True)
-    perm = np.random.default_rng(seed).permutation(len(x))
-    x, y = x[perm] / 16.0, y[perm].astype(np.int32)
-    n = cfg.train_size
-    mean, std = x[:n].mean(0), np.maximum(x[:n].std(0), 1.0 / 16.0)
-    x = ((x - mean) / std).astype(np.float32)
-    return {"xtr": x[:n], "ytr": y[:n], "xte": x[n:], "yte": y[n:]}
+        x, y = load_digits(return_X_y=True)
+        perm = np.random.default_rng(seed).permutation(len(x))
+        x, y = x[perm] / 16.0, y[perm].astype(np.int32)
+        xtr, ytr, xte, yte = (
+            x[: cfg.train_size],
+            y[: cfg.train_size],
+            x[cfg.train_size :],
+            y[cfg.train_size :],
+        )
+    if len(xtr) < cfg.train_size:
+        raise ValueError(f"train_size={cfg.train_size} exceeds the {len(xtr)} training images")
+    mean, std = xtr.mean(0), np.maximum(xtr.std(0), 1.0 / 16.0)
+    norm = lambda v: ((v - mean) / std).astype(np.float32)
+    return {"xtr": norm(xtr), "ytr": ytr.astype(np.int32), "xte": norm(xte), "yte": yte}
 
 
-def _mlp(hidden: int):
-    n1 = 64 * hidden
+def _data_name(cfg: Config) -> str:
+    return "MNIST" if cfg.mnist_path else "digits"
+
+
+def _mlp(hidden: int, dim: int):
+    n1 = dim * hidden
 
     def unflatten(flat):
         # LeCun-uniform weights (variance 1 / fan-in) from U(-1, 1) draws, zero biases.
         flat = flat * np.sqrt(3.0)
         return {
-            "w1": flat[..., :n1].reshape(flat.shape[:-1] + (64, hidden)) / 8.0,
+            "w1": flat[..., :n1].reshape(flat.shape[:-1] + (dim, hidden)) / np.sqrt(dim),
             "b1": jnp.zeros(flat.shape[:-1] + (hidden,)),
             "w2": flat[..., n1:].reshape(flat.shape[:-1] + (hidden, 10)) / np.sqrt(hidden),
             "b2": jnp.zeros(flat.shape[:-1] + (10,)),
         }
-
-    def init(key):
-        # One uniform draw for all weights: on CPU every random-number site in a program costs
-        # compile time, and the cold-start loop draws a fresh init at every outer step.
-        return unflatten(jax.random.uniform(key, (n1 + 10 * hidden,), minval=-1.0, maxval=1.0))
 
     def apply(w, x):
         return jnp.tanh(x @ w["w1"] + w["b1"]) @ w["w2"] + w["b2"]
@@ -237,31 +256,28 @@ def _mlp(hidden: int):
     def accuracy(w, x, y):
         return jnp.mean(jnp.argmax(apply(w, x), -1) == y)
 
-    return init, unflatten, loss, accuracy
+    return unflatten, loss, accuracy
 
 
-def _seed_inputs(cfg: Config, seed: int, num_images: int) -> dict:
+def _seed_inputs(cfg: Config, seed: int, num_images: int, dim: int) -> dict:
     """Per-seed random inputs, drawn on the host (outside the compiled programs): the initial
     synthetic images (N(0, 1) noise on the standardized pixel scale), the initial inner weights,
-    the fresh inits used for evaluation, and the PRNG key of cold start's per-step inits.
-    Leading axis: seed."""
+    the fresh inits used for evaluation. Leading axis: seed."""
     rng = np.random.default_rng(seed)
-    n_w = 64 * cfg.hidden + 10 * cfg.hidden
+    n_w = dim * cfg.hidden + 10 * cfg.hidden
     uniform = lambda *shape: rng.uniform(-1.0, 1.0, size=shape).astype(np.float32)
-    keys = jax.random.split(jax.random.key(seed, impl="rbg"), cfg.seeds)
     return {
-        "key": np.asarray(jax.random.key_data(keys)),
-        "u0": rng.normal(size=(cfg.seeds, num_images, 64)).astype(np.float32),
+        "u0": rng.normal(size=(cfg.seeds, num_images, dim)).astype(np.float32),
         "w0": uniform(cfg.seeds, n_w),
         "eval_w": uniform(cfg.seeds, cfg.eval_inits, n_w),
     }
 
 
-def _trained_accuracies(cfg: Config, inner, us, eval_w, steps: tuple[int, int], test):
+def _trained_accuracies(cfg: Config, dim: int, inner, us, eval_w, steps: tuple[int, int], test):
     """Test accuracy of the fresh inits `eval_w` trained on each synthetic set in `us` (stacked on
     a leading axis) for `steps[0]` and for `steps[1] >= steps[0]` SGD steps, averaged over the
     inits: shape (len(us), 2). One vmapped program serves every evaluation."""
-    _, unflatten, _, accuracy = _mlp(cfg.hidden)
+    unflatten, _, accuracy = _mlp(cfg.hidden, dim)
     inner_opt = optax.sgd(cfg.inner_lr)
     short, long = steps
 
@@ -279,38 +295,48 @@ def _tail_mean(trace):
     return jnp.mean(trace[-max(1, trace.shape[-1] // 10) :])
 
 
-def _distill_program(cfg: Config, ipc: int):
+def _distill_program(cfg: Config, ipc: int, dim: int):
     """One jitted program: cold and warm start for every (outer lr, seed), vmapped."""
-    init, unflatten, loss, accuracy = _mlp(cfg.hidden)
+    unflatten, loss, accuracy = _mlp(cfg.hidden, dim)
     y_syn = jnp.repeat(jnp.arange(10), ipc)
     inner_opt = optax.sgd(cfg.inner_lr)
     steps, t_cold = cfg.dd_outer_steps, cfg.dd_cold_inner_steps
+    # Both starts use the same hypergradient (Alg. 3, Neumann with step = the inner lr), so the
+    # only difference between them is where each outer step's inner run starts.
+    method = Implicit(Neumann(cfg.dd_neumann_terms, alpha=cfg.inner_lr))
 
     def one(rand, outer_lr, data):
         xtr, ytr, xte, yte = data
         inner = lambda u, w: loss(w, u, y_syn)
         outer = lambda u, w: loss(w, xtr, ytr)
         u0, w0 = rand["u0"], unflatten(rand["w0"])
-        key = jax.random.wrap_key_data(rand["key"], impl="rbg")
         cold = BilevelConfig(
-            FullUnroll(inner_opt, t_cold), optax.adam(outer_lr), inner_sampler=init
+            method, optax.adam(outer_lr), inner_optimizer=inner_opt, num_inner_steps=t_cold
         )
         warm = BilevelConfig(
-            FullUnroll(inner_opt, cfg.dd_warm_inner_steps), optax.adam(outer_lr), warm_start=True
+            method,
+            optax.adam(outer_lr),
+            warm_start=True,
+            inner_optimizer=inner_opt,
+            num_inner_steps=cfg.dd_warm_inner_steps,
         )
-        s_cold, h_cold = bilevel_optimize(cold, outer, inner, u0, w0, steps, key=key)
+        s_cold, h_cold = bilevel_optimize(cold, outer, inner, u0, w0, steps)
         s_warm, h_warm = bilevel_optimize(warm, outer, inner, u0, w0, steps)
         u_cold, u_warm = s_cold.outer_params, s_warm.outer_params
         acc = _trained_accuracies(
             cfg,
+            dim,
             inner,
             jnp.stack([u_cold, u_warm]),
             rand["eval_w"],
             (t_cold, cfg.retrain_steps),
             (xte, yte),
         )
+        # Cold start's own solution: the fixed init trained T steps on the final images.
+        w_cold = run_inner_optimizer(inner, u_cold, w0, inner_opt, t_cold)
         return {
-            "cold": acc[0, 0],
+            "cold": accuracy(w_cold, xte, yte),
+            "cold_fresh": acc[0, 0],
             "cold_retrain": acc[0, 1],
             "warm": accuracy(s_warm.inner_params, xte, yte),
             "warm_retrain": acc[1, 1],
@@ -349,10 +375,11 @@ def _select(results: dict, method: str) -> tuple[int, dict]:
 
 
 def _run_distill(cfg: Config, seed: int, ipc: int) -> dict:
-    data = _digits(cfg, seed)
+    data = _dataset(cfg, seed)
+    dim = data["xtr"].shape[1]
     data = tuple(jnp.asarray(data[k]) for k in ("xtr", "ytr", "xte", "yte"))
-    rand = _seed_inputs(cfg, 1000 * seed + ipc, 10 * ipc)
-    raw = _distill_program(cfg, ipc)(rand, jnp.asarray(cfg.dd_outer_lrs), data)
+    rand = _seed_inputs(cfg, 1000 * seed + ipc, 10 * ipc, dim)
+    raw = _distill_program(cfg, ipc, dim)(rand, jnp.asarray(cfg.dd_outer_lrs), data)
     raw = jax.tree.map(np.asarray, raw)
     out = {"outer_lrs": np.asarray(cfg.dd_outer_lrs)}
     for method in ("cold", "warm"):
@@ -368,19 +395,21 @@ def _run_distill(cfg: Config, seed: int, ipc: int) -> dict:
             "outer_loss_trace": sel[f"{method}_trace"].mean(axis=0),
             "images": sel[f"{method}_images"][0][::ipc][:10],  # seed 0, one image per class
         }
+        if method == "cold":  # fresh random inits trained the cold start's T steps
+            out[method]["fresh_test_accuracy"] = sel["cold_fresh"]
     return out
 
 
-def _oned_program(cfg: Config):
+def _oned_program(cfg: Config, dim: int):
     """One jitted program: warm start with a 1-D outer parameter for every (outer lr, seed)."""
-    _, unflatten, loss, accuracy = _mlp(cfg.hidden)
+    unflatten, loss, accuracy = _mlp(cfg.hidden, dim)
     m, width = cfg.oned_ring, cfg.oned_width
     y_syn = jnp.arange(10)
     inner_opt = optax.sgd(cfg.inner_lr)
     grid = jnp.arange(0.0, m, 0.5)
 
     def one(rand, outer_lr, data):
-        xtr, ytr, xte, yte, ring = data  # ring: (10, m, 64), m real training images per class
+        xtr, ytr, xte, yte, ring = data  # ring: (10, m, dim), m real training images per class
 
         def images(u):  # one image per class: a Gaussian blend along the ring around u[0]
             d = jnp.arange(m) - u[0]
@@ -404,7 +433,7 @@ def _oned_program(cfg: Config):
         state, (u_trace, loss_trace) = jax.lax.scan(step, state, None, length=cfg.oned_outer_steps)
         us = jnp.concatenate([state.outer_params, grid])[:, None]  # final u, then the grid
         acc = _trained_accuracies(
-            cfg, inner, us, rand["eval_w"], (cfg.retrain_steps, cfg.retrain_steps), (xte, yte)
+            cfg, dim, inner, us, rand["eval_w"], (cfg.retrain_steps, cfg.retrain_steps), (xte, yte)
         )[:, 0]
         full = run_inner_optimizer(
             lambda _, w: loss(w, xtr, ytr),
@@ -427,7 +456,8 @@ def _oned_program(cfg: Config):
 
 
 def _run_oned(cfg: Config, seed: int) -> dict:
-    data = _digits(cfg, seed)
+    data = _dataset(cfg, seed)
+    dim = data["xtr"].shape[1]
     ytr = data["ytr"]
     counts = np.bincount(ytr, minlength=10)
     if counts.min() < cfg.oned_ring:
@@ -437,8 +467,8 @@ def _run_oned(cfg: Config, seed: int) -> dict:
         )
     ring = np.stack([data["xtr"][np.nonzero(ytr == c)[0][: cfg.oned_ring]] for c in range(10)])
     args = tuple(jnp.asarray(data[k]) for k in ("xtr", "ytr", "xte", "yte")) + (jnp.asarray(ring),)
-    program, grid = _oned_program(cfg)
-    rand = _seed_inputs(cfg, 1000 * seed + 7, 0)
+    program, grid = _oned_program(cfg, dim)
+    rand = _seed_inputs(cfg, 1000 * seed + 7, 0, dim)
     raw = jax.tree.map(np.asarray, program(rand, jnp.asarray(cfg.oned_outer_lrs), args))
     idx = int(np.argmin(raw["outer_loss"].mean(axis=1)))
     sel = {k: v[idx] for k, v in raw.items()}
@@ -474,7 +504,8 @@ def _ms(values, scale=100.0) -> str:
     return f"{values.mean():.1f} ± {values.std():.1f}"
 
 
-def _plots(ctx, quad, distill, oned):
+def _plots(ctx, cfg, quad, distill, oned):
+    name = _data_name(cfg)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -509,7 +540,7 @@ def _plots(ctx, quad, distill, oned):
     ax.set_xticks(xs, labels)
     ax.set_ylim(0, 105)
     ax.set_ylabel("test accuracy (%), mean ± std over seeds")
-    ax.set_title("Dataset distillation on digits (Table 3 analogue)")
+    ax.set_title(f"Dataset distillation on {name} (Table 3 analogue)")
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=4)
     fig.tight_layout()
     ctx.save_figure(fig, "distill_accuracy.png")
@@ -518,7 +549,9 @@ def _plots(ctx, quad, distill, oned):
     fig, axes = plt.subplots(2, 10, figsize=(10, 2.4))
     for row, key in enumerate(("cold", "warm")):
         for k in range(10):
-            axes[row, k].imshow(distill[first][key]["images"][k].reshape(8, 8), cmap="gray")
+            image = distill[first][key]["images"][k]
+            side = int(round(np.sqrt(image.size)))
+            axes[row, k].imshow(image.reshape(side, side), cmap="gray")
             axes[row, k].axis("off")
         axes[row, 0].set_title(f"{key}-start", fontsize=8, loc="left")
     ctx.save_figure(fig, "distill_images.png")
@@ -573,7 +606,7 @@ def run(cfg: Config, ctx) -> Result:
         )
     ctx.log(f"stage 3/3: 1-D outer parameter, {cfg.seeds} seeds")
     oned = ctx.stage("oned", lambda: _run_oned(cfg, seed))
-    _plots(ctx, quad, distill, oned)
+    _plots(ctx, cfg, quad, distill, oned)
 
     claims = []
     cold = quad["cold exact"]
@@ -633,15 +666,19 @@ def run(cfg: Config, ctx) -> Result:
     for key, res in distill.items():
         c, w = 100 * res["cold"]["test_accuracy"], 100 * res["warm"]["test_accuracy"]
         r = 100 * res["warm"]["retrain_test_accuracy"]
+        # Table 3's gap is +60.1 points with 1 image/class but +8.4 with 10 (89.1 -> 97.5), so
+        # the 20-point margin is asked of the 1/class setting and the order of the other.
+        margin = 20 if key.startswith("1/") else 0
         claims.append(
             _claim(
                 judge,
-                f"distillation {key}: warm-start test accuracy >= cold-start + 20 points "
-                f"(means over {cfg.seeds} seeds)",
+                f"distillation {key}: warm-start test accuracy "
+                + (f">= cold-start + {margin} points" if margin else "> cold-start")
+                + f" (means over {cfg.seeds} seeds)",
                 f"Table 3 cold / warm / warm+retrain: {paper.get(key, '')}",
                 f"cold {_ms(c / 100)}, warm {_ms(w / 100)} (warm - cold "
                 f"{w.mean() - c.mean():+.1f})",
-                w.mean() >= c.mean() + 20,
+                w.mean() >= c.mean() + margin if margin else w.mean() > c.mean(),
             )
         )
         claims.append(
@@ -700,6 +737,8 @@ def _metrics(quad, distill, oned) -> dict:
 
 
 def _report(cfg: Config, quad, distill, oned) -> str:
+    dim = next(iter(distill.values()))["cold"]["images"].shape[-1]
+    test_name = "the MNIST test split" if cfg.mnist_path else "the other digits"
     lines = [
         "### 1. Quadratic (float64)",
         "",
@@ -716,30 +755,34 @@ def _report(cfg: Config, quad, distill, oned) -> str:
         )
     lines += [
         "",
-        "### 2. Dataset distillation (digits)",
+        f"### 2. Dataset distillation ({_data_name(cfg)})",
         "",
-        f"Inner model: tanh MLP 64-{cfg.hidden}-10, SGD lr {cfg.inner_lr}. Synthetic images: "
+        f"Data: {_data_name(cfg)}. Inner model: tanh MLP {dim}-{cfg.hidden}-10, SGD lr "
+        f"{cfg.inner_lr}. Synthetic images: "
         "Gaussian noise N(0, 1) on the standardized pixel scale, fixed one-hot labels. Outer: "
         f"Adam on the pixels for {cfg.dd_outer_steps} steps, outer objective = cross-entropy on "
-        f"the {cfg.train_size} training images; test = the other digits. Cold start: a new "
-        f"random inner init at every outer step, {cfg.dd_cold_inner_steps} inner steps, "
-        "hypergradient by backpropagation through them; evaluated as fresh inits trained "
-        f"{cfg.dd_cold_inner_steps} steps on the final images. Warm start: the inner model is "
-        f"carried, {cfg.dd_warm_inner_steps} inner step(s) per outer step with the hypergradient "
-        "through it; evaluated as the carried model. Re-train: fresh inits trained "
+        f"the {cfg.train_size} training images; test = {test_name}. Both starts use the "
+        f"same hypergradient: the IFT with a {cfg.dd_neumann_terms}-term Neumann series (step = "
+        "the inner lr) at the inner iterate. Cold start: the inner model restarts from the same "
+        f"fixed init at every outer step and takes {cfg.dd_cold_inner_steps} steps; evaluated as "
+        "that init trained the same steps on the final images (fresh random inits trained so: "
+        "column 'cold, fresh init'). Warm start: the inner model is carried, "
+        f"{cfg.dd_warm_inner_steps} inner step(s) per outer step; evaluated as the carried "
+        "model. Re-train: fresh random inits trained "
         f"{cfg.retrain_steps} steps on the final images. Outer lr chosen per method from "
         f"{list(cfg.dd_outer_lrs)} by the final outer loss (training loss, not test accuracy). "
         f"Test accuracy (%), mean ± std over {cfg.seeds} seeds:",
         "",
-        "| images/class | cold | warm | warm + re-train | cold + re-train | outer lr cold / warm "
-        "| final outer loss cold / warm |",
-        "|---|---|---|---|---|---|---|",
+        "| images/class | cold | warm | warm + re-train | cold, fresh init | cold + re-train "
+        "| outer lr cold / warm | final outer loss cold / warm |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for k, res in distill.items():
         c, w = res["cold"], res["warm"]
         lines.append(
             f"| {k} | {_ms(c['test_accuracy'])} | {_ms(w['test_accuracy'])} | "
-            f"{_ms(w['retrain_test_accuracy'])} | {_ms(c['retrain_test_accuracy'])} | "
+            f"{_ms(w['retrain_test_accuracy'])} | {_ms(c['fresh_test_accuracy'])} | "
+            f"{_ms(c['retrain_test_accuracy'])} | "
             f"{c['outer_lr']} / {w['outer_lr']} | {np.mean(c['outer_loss']):.3f} / "
             f"{np.mean(w['outer_loss']):.3f} |"
         )
@@ -754,20 +797,16 @@ def _report(cfg: Config, quad, distill, oned) -> str:
                 )
             )
             lines.append(f"- {k} {method}: {per_lr}")
-    first = distill[next(iter(distill))]
     lines += [
         "",
-        "Headroom: a model trained "
-        f"{cfg.retrain_steps} steps on all {cfg.train_size} training images reaches "
-        f"{_ms(oned['full_data'])}% (section 3's reference). Table 3's warm - cold gap of 20+ "
-        "points needs cold start far below that ceiling (MNIST, 1 image/class: cold 30.7% "
-        "against ~98% for a full-data model). Here cold start, which must teach a new random "
-        f"init in {cfg.dd_cold_inner_steps} steps, reaches {_ms(first['cold']['test_accuracy'])}% "
-        f"with {next(iter(distill))}, so on digits the gap is bounded by "
-        f"{100 * (np.mean(oned['full_data']) - np.mean(first['cold']['test_accuracy'])):.1f} "
-        "points before warm start is even run. The re-train column is the part of Table 3 that "
-        "digits can test: whether the warm-start model's accuracy lives in its carried weights "
-        "rather than in the learned images.",
+        f"Reference: a model trained {cfg.retrain_steps} steps on all {cfg.train_size} "
+        f"training images reaches {_ms(oned['full_data'])}%. Reading: with the same "
+        "hypergradient, only the start differs. Warm start's accuracy lives in its carried "
+        "weights (the re-train column: a fresh model on the same images); cold start's lives in "
+        "the images, for its own fixed init. The cold-start number depends on the protocol: an "
+        "earlier version of this experiment that drew a new random init at every outer step "
+        "and backpropagated through 10 unrolled steps (classic dataset distillation, not the "
+        "paper's Alg. 1) reached about 90% with 1 image/class on digits.",
         "",
         "### 3. 1-D outer parameter",
         "",
@@ -801,8 +840,7 @@ def _report(cfg: Config, quad, distill, oned) -> str:
         "chosen by hypergradients of the carried model, not of a fresh one, so the final u need "
         "not be a good position for a fresh model (compare the grid).",
         "",
-        "MNIST / CIFAR-10 at the paper's scale are not implemented (no loader); the paper scale "
-        "runs the digits tasks longer and with more seeds.",
+        "MNIST runs from a user file (`mnist_path=...`, IDX or npz); CIFAR-10 is not implemented.",
     ]
     return "\n".join(lines)
 

@@ -10,11 +10,7 @@ rate and momentum from the quadratic model and Levenberg-Marquardt damping, as i
 """
 
 import dataclasses
-import gzip
-import struct
 import time
-import zipfile
-from pathlib import Path
 
 import equinox as eqx
 import jax
@@ -23,6 +19,7 @@ import numpy as np
 import optax
 
 from experiments._api import Claim, Context, Experiment, Result
+from experiments._data import load_mnist
 from respax.core import BernoulliLoss
 from respax.curvature import KFACConfig, capture_layers, kfac, kfac_stats
 
@@ -95,54 +92,6 @@ def digits_dataset() -> np.ndarray:
     from sklearn.datasets import load_digits
 
     return (load_digits().data / 16.0).astype(np.float32)
-
-
-def load_mnist(path: str) -> np.ndarray:
-    """MNIST images in [0, 1], shape (n, rows * cols), from an IDX image file (optionally gzipped)
-    or an npz file holding `x_train` (or `images`).
-
-    Raises:
-        FileNotFoundError: `path` does not exist.
-        ValueError: the file is not a readable IDX image file or npz with those arrays (bad magic
-            number, truncated header or pixel data, missing key, corrupt gzip/zip).
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"mnist_path={path!r} does not exist; pass an IDX or npz file")
-    if p.suffix == ".npz":
-        try:
-            with np.load(p) as data:
-                keys = [k for k in ("x_train", "images") if k in data]
-                if not keys:
-                    raise ValueError(
-                        f"mnist_path={path!r}: npz holds {sorted(data.files)}, expected an array "
-                        "named 'x_train' or 'images'"
-                    )
-                x = np.asarray(data[keys[0]], np.float32)
-        except (OSError, EOFError, zipfile.BadZipFile) as err:
-            raise ValueError(f"mnist_path={path!r}: not a readable npz file ({err})") from err
-        if x.ndim < 2 or x.shape[0] == 0:
-            raise ValueError(f"mnist_path={path!r}: expected (n, 28, 28) images, got {x.shape}")
-    else:
-        try:
-            raw = (gzip.open if p.suffix == ".gz" else open)(p, "rb").read()
-        except (OSError, EOFError) as err:
-            raise ValueError(f"mnist_path={path!r}: not a readable IDX file ({err})") from err
-        if len(raw) < 16:
-            raise ValueError(f"mnist_path={path!r}: {len(raw)} bytes, too short for an IDX header")
-        magic, n, rows, cols = struct.unpack(">IIII", raw[:16])
-        if magic != 2051:
-            raise ValueError(
-                f"mnist_path={path!r}: not an IDX image file (magic {magic}, expected 2051)"
-            )
-        if len(raw) - 16 != n * rows * cols:
-            raise ValueError(
-                f"mnist_path={path!r}: header says {n}x{rows}x{cols} pixels, file holds "
-                f"{len(raw) - 16} bytes of pixel data (truncated or corrupt)"
-            )
-        x = np.frombuffer(raw[16:], np.uint8).reshape(n, rows * cols).astype(np.float32)
-    x = x.reshape(x.shape[0], -1)
-    return x / 255.0 if x.max() > 1.0 else x
 
 
 def make_data(cfg: Config, key) -> np.ndarray:
