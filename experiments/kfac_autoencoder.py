@@ -34,8 +34,8 @@ class Config:
     batch_size: int = 500
     steps: int = 400
     sgd_steps_factor: int = 5  # SGD/Adam run steps * factor updates
-    sgd_lrs: tuple[float, ...] = (0.003, 0.01, 0.03)
-    adam_lrs: tuple[float, ...] = (1e-4, 3e-4, 1e-3)
+    sgd_lrs: tuple[float, ...] = (0.001, 0.003, 0.01)
+    adam_lrs: tuple[float, ...] = (3e-4, 1e-3, 3e-3)
     momentum: float = 0.9
     kfac_damping: float = 1.0
     chunk: int = 50
@@ -318,7 +318,9 @@ def run(cfg: Config, ctx: Context) -> Result:
         f"Best SGD ({sgd_best}) final loss {sgd_final:.3f}; K-FAC reaches it after "
         f"{kfac_steps} updates ({update_ratio and round(update_ratio, 2)}x fewer), "
         f"{second_ratio and round(second_ratio, 2)}x fewer seconds. Wall-clock includes compile "
-        "time for every method."
+        "time for every method.\n\nFinal training loss by learning rate (smoothed): "
+        + ", ".join(f"{k} {v:.2f}" for k, v in metrics["final_loss"].items())
+        + "."
     )
     return Result(metrics=metrics, claims=claims, report=report)
 
