@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from respax.core import GaussianLoss, SoftmaxCrossEntropy
+from respax.core import BernoulliLoss, GaussianLoss, SoftmaxCrossEntropy
 from respax.curvature import UncoveredParameterError, capture_layers, kfac_stats
 
 
@@ -245,6 +245,23 @@ def test_transformer_block_statistics_pass_gives_true_gradient():
     for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref), strict=True):
         np.testing.assert_allclose(a, b, atol=2e-5, rtol=2e-4)
     assert all(bool(jnp.all(jnp.isfinite(v))) for v in jax.tree.leaves(stats))
+
+
+@pytest.mark.parametrize("loss", [SoftmaxCrossEntropy(), GaussianLoss(2.0), BernoulliLoss()])
+def test_monte_carlo_factors_converge_to_expected(loss):
+    # The sampled-label G factor is an unbiased estimate of the exact (expected) one: with many
+    # labels per example it must match the analytic factor (closed form through hessian_sqrt).
+    layer = eqx.nn.Linear(3, 4, key=jax.random.key(0))
+    plan = capture_layers(layer, loss, jnp.zeros(3))
+    x = jax.random.normal(jax.random.key(1), (4, 3))
+    y = jnp.zeros((4,), jnp.int32) if isinstance(loss, SoftmaxCrossEntropy) else jnp.zeros((4, 4))
+    _, _, exact = _stats(plan, layer, x, y, "expected")
+    _, _, mc = eqx.filter_jit(
+        lambda m, x, y, k: kfac_stats(plan, m, x, y, mode="mc", key=k, num_samples=4000)
+    )(layer, x, y, jax.random.key(2))
+    g_exact, g_mc = np.asarray(exact[0]["G"]), np.asarray(mc[0]["G"])
+    assert np.linalg.norm(g_mc - g_exact) <= 0.05 * np.linalg.norm(g_exact)
+    np.testing.assert_allclose(mc[0]["A"], exact[0]["A"], rtol=1e-6)
 
 
 def test_capture_bad_input():

@@ -215,6 +215,41 @@ def test_nonfinite_step_is_skipped_and_counted():
     assert int(s2.num_skipped) == 2
 
 
+def test_init_inverses_are_the_damped_inverses_of_the_zero_factors():
+    # init builds the inverses directly (identities); they must be what the refresh would give
+    # for the zero factors at damping 1.
+    _, plan, _, _, params, opt, _, _ = _default()
+    state = opt.init(params)
+    for inv in jax.tree.leaves(state.inverses):
+        ref = jnp.eye(inv.shape[0], dtype=inv.dtype) if inv.ndim == 2 else jnp.ones_like(inv)
+        np.testing.assert_array_equal(inv, ref)
+    v = jax.tree.map(lambda p: jnp.cos(jnp.arange(p.size, dtype=p.dtype).reshape(p.shape)), params)
+    back = KFACFactors(plan, state.factors).inverse_vp(v, 1.0)
+    for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(v), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_update_under_vmap_matches_unbatched_and_skips_per_member():
+    # Two optimizer states updated in one vmap: a finite member equals the unbatched update, a
+    # non-finite member is skipped on its own (the refresh `lax.cond` becomes a select).
+    _, _, x, y, params, opt, stats_fn, update = _default()
+    state = opt.init(params)
+    loss, grads, stats = stats_fn(params, x, y)
+    bad = jax.tree.map(lambda g: g.at[(0,) * g.ndim].set(jnp.nan), grads)
+    both = jax.tree.map(lambda a, b: jnp.stack([a, b]), grads, bad)
+    pair = lambda t: jax.tree.map(lambda a: jnp.stack([a, a]), t)
+    vupd = jax.jit(jax.vmap(lambda g, s, st, lv: opt.update(g, s, params, stats=st, loss=lv)))
+    upd_v, s_v = vupd(both, pair(state), pair(stats), jnp.stack([loss, loss]))
+    upd_1, s_1 = update(grads, state, params, stats, loss)
+    for a, b in zip(jax.tree.leaves(upd_v), jax.tree.leaves(upd_1), strict=True):
+        np.testing.assert_allclose(a[0], b, rtol=1e-5, atol=1e-7)
+        assert bool(jnp.all(a[1] == 0))
+    assert s_v.num_skipped.tolist() == [0, 1] and s_v.step.tolist() == [1, 0]
+    for a, b in zip(jax.tree.leaves(s_v.inverses), jax.tree.leaves(state.inverses), strict=True):
+        np.testing.assert_array_equal(a[1], b)
+        assert bool(jnp.all(jnp.isfinite(a)))
+
+
 def test_bad_input_and_serialisation(tmp_path):
     _, plan, x, y, params, opt, stats_fn, update = _default()
     with pytest.raises(ValueError, match="damping"):
@@ -245,20 +280,39 @@ def test_bad_input_and_serialisation(tmp_path):
     )
 
 
-def test_damped_inverse_robust_in_float32():
+@pytest.mark.parametrize("method", ["cholesky", "eigh"])
+def test_damped_inverse_robust_in_float32(method):
     u = jnp.linalg.qr(jax.random.normal(jax.random.key(0), (6, 6)))[0]
     rank2 = (u[:, :2] * jnp.array([1e3, 1.0])) @ u[:, :2].T
-    inv, fb, clipped = damped_inverse(rank2, 1e-12)
+    inv, fb, clipped = damped_inverse(rank2, 1e-12, method)
     assert bool(jnp.all(jnp.isfinite(inv))) and int(fb) == 0
-    # A NaN factor (e.g. a corrupted checkpoint) falls back to the damped diagonal, counted.
-    inv, fb, _ = damped_inverse(rank2.at[0, 0].set(jnp.nan), 1e-3)
-    assert int(fb) == 1
-    indefinite = jnp.diag(jnp.array([1.0, -1e-3, 2.0]))
-    inv, fb, clipped = damped_inverse(indefinite, 0.5)
-    assert int(clipped) == 1
+    # A NaN factor (e.g. a corrupted checkpoint) ends at the damped diagonal, every fallback
+    # counted (Cholesky -> eigh -> diagonal).
+    inv, fb, _ = damped_inverse(rank2.at[0, 0].set(jnp.nan), 1e-3, method)
+    assert int(fb) == (2 if method == "cholesky" else 1)
+    assert bool(jnp.all(jnp.isfinite(inv)))
+    # Indefinite beyond the damping: Cholesky fails and the eigh path clips the eigenvalue.
+    indefinite = jnp.diag(jnp.array([1.0, -1.0, 2.0]))
+    inv, fb, clipped = damped_inverse(indefinite, 0.5, method)
+    assert int(clipped) == 1 and int(fb) == (1 if method == "cholesky" else 0)
     np.testing.assert_allclose(jnp.diag(inv), [1 / 1.5, 1 / 0.5, 1 / 2.5], rtol=1e-6)
-    one, _, _ = damped_inverse(jnp.array([[4.0]]), 0.0)  # 1x1 block
-    assert float(one[0, 0]) == pytest.approx(0.25)
+    one, _, _ = damped_inverse(jnp.array([[4.0]]), 0.0, method)  # 1x1 block
+    assert float(one[0, 0]) == pytest.approx(0.25, rel=1e-6)
+
+
+@pytest.mark.float64
+def test_cholesky_and_eigh_inverses_match_dense_inverse():
+    rng = np.random.default_rng(0)
+    mats = []
+    for n in (1, 3, 10, 40):  # several size classes, padded and batched
+        a = rng.normal(size=(2 * n, n))
+        mats.append(jnp.asarray(a.T @ a / (2 * n)))
+    for method in ("cholesky", "eigh"):
+        for m in mats:
+            inv, fb, _ = damped_inverse(m, 1e-3, method)
+            ref = np.linalg.inv(np.asarray(m) + 1e-3 * np.eye(m.shape[0]))
+            assert int(fb) == 0
+            np.testing.assert_allclose(inv, ref, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.float64

@@ -76,31 +76,49 @@ def _check_vector(plan: CapturePlan, v: Any, name: str) -> list[Any]:
 
 
 def damped_inverse(
-    matrix: Float[Array, "n n"], damping: Float[Array, ""] | float
+    matrix: Float[Array, "n n"],
+    damping: Float[Array, ""] | float,
+    method: Literal["cholesky", "eigh"] = "cholesky",
 ) -> tuple[Float[Array, "n n"], Int[Array, ""], Int[Array, ""]]:
-    """`(matrix + damping I)^{-1}` of a symmetric PSD matrix by eigendecomposition, robustly.
+    """`(matrix + damping I)^{-1}` of a symmetric PSD matrix, robustly.
 
-    Negative eigenvalues (rounding) are clipped to zero and counted; the damping is floored at
-    `eps * max eigenvalue` so float32 never divides by ~0 even for damping 1e-12; when `eigh`
-    returns non-finite values the inverse falls back to the damped diagonal, and that is counted.
+    `method="cholesky"` (default, what `kfac` uses): a Cholesky factorisation, with the damping
+    floored at `eps * ||matrix||_F` (an upper bound of `eps * max eigenvalue`); when it fails
+    (not positive definite in floating point, or non-finite) the eigendecomposition path below is
+    used instead, and that is counted as a fallback.
+
+    `method="eigh"`: an eigendecomposition. Negative eigenvalues (rounding) are clipped to zero
+    and counted; the damping is floored at `eps * max eigenvalue` so float32 never divides by ~0
+    even for damping 1e-12; when `eigh` returns non-finite values the inverse falls back to the
+    damped diagonal, and that is counted as a fallback.
 
     Args:
         matrix: a symmetric PSD matrix.
         damping: >= 0.
+        method: `"cholesky"` (with the eigh path as fallback) or `"eigh"`.
 
     Returns:
-        `(inverse, fell_back, num_clipped)`: the inverse, 1 if the diagonal fallback was used
-        (else 0), and the number of clipped eigenvalues.
+        `(inverse, fallbacks, num_clipped)`: the inverse, the number of fallbacks taken
+        (Cholesky -> eigh, eigh -> diagonal: 0, 1 or 2) and the number of clipped eigenvalues.
 
     Example:
         >>> import jax.numpy as jnp
-        >>> inv, fell_back, clipped = damped_inverse(jnp.eye(2) * 3.0, 1.0)
-        >>> inv, int(fell_back), int(clipped)
+        >>> inv, fallbacks, clipped = damped_inverse(jnp.eye(2) * 3.0, 1.0)
+        >>> inv, int(fallbacks), int(clipped)
         (Array([[0.25, 0.  ],
                [0.  , 0.25]], dtype=float32), 0, 0)
     """
+    if method not in ("cholesky", "eigh"):
+        raise ValueError(f"`method` must be 'cholesky' or 'eigh', got {method!r}.")
+    if method == "eigh":
+        return _eigh_inverse(matrix, damping)
+    invs, fbs, cls = _grouped_inverses([matrix], [jnp.asarray(damping)])
+    return invs[0], fbs, cls
+
+
+def _eigh_inverse(matrix: Array, damping) -> tuple[Array, Array, Array]:
     m = 0.5 * (matrix + matrix.T)
-    s, u = jnp.linalg.eigh(m)
+    s, u = jnp.linalg.eigh(m, symmetrize_input=False)
     ok = jnp.all(jnp.isfinite(s)) & jnp.all(jnp.isfinite(u))
     eps = jnp.finfo(m.dtype).eps
     clipped = jnp.sum(s < 0).astype(jnp.int32)
@@ -109,13 +127,28 @@ def damped_inverse(
     d = jnp.maximum(jnp.asarray(damping, m.dtype), eps * smax)
     d = jnp.maximum(d, jnp.finfo(m.dtype).tiny)
     inv = (u / (s + d)) @ u.T
-    diag = jnp.maximum(jnp.diagonal(m), 0.0)
+    diag = jnp.diagonal(m)
+    diag = jnp.where(jnp.isfinite(diag), jnp.maximum(diag, 0.0), 0.0)
     d_diag = jnp.maximum(
         jnp.maximum(jnp.asarray(damping, m.dtype), eps * jnp.max(diag)), jnp.finfo(m.dtype).tiny
     )
-    fallback = jnp.diag(1.0 / (jnp.where(jnp.isfinite(diag), diag, 0.0) + d_diag))
+    fallback = jnp.diag(1.0 / (diag + d_diag))
     inv = jnp.where(ok, inv, fallback)
     return inv, (~ok).astype(jnp.int32), jnp.where(ok, clipped, 0)
+
+
+def _cholesky_inverses(stack: Array, damp: Array) -> tuple[Array, Array]:
+    """Batched `(M_i + d_i I)^{-1}` by Cholesky; returns (inverses, failed[i])."""
+    dtype = stack.dtype
+    eps, tiny = jnp.finfo(dtype).eps, jnp.finfo(dtype).tiny
+    m = 0.5 * (stack + jnp.swapaxes(stack, -1, -2))
+    fro = jnp.sqrt(jnp.sum(m * m, axis=(-2, -1)))
+    d = jnp.maximum(jnp.maximum(damp, eps * jnp.where(jnp.isfinite(fro), fro, 0.0)), tiny)
+    eye = jnp.eye(m.shape[-1], dtype=dtype)
+    chol = jnp.linalg.cholesky(m + d[:, None, None] * eye, symmetrize_input=False)
+    inv = jax.scipy.linalg.cho_solve((chol, True), jnp.broadcast_to(eye, m.shape))
+    failed = ~jnp.all(jnp.isfinite(inv), axis=(-2, -1))
+    return inv, failed
 
 
 def _pi(a: Array, g: Array) -> Array:
@@ -128,19 +161,38 @@ def _pi(a: Array, g: Array) -> Array:
     return jnp.where(ok, jnp.sqrt(jnp.where(ok, ta / jnp.where(ok, tg, 1.0), 1.0)), 1.0)
 
 
-def _grouped_inverses(mats: list[Array], dampings: list[Array]) -> tuple[list[Array], Array, Array]:
-    """`damped_inverse` of many matrices, batched: matrices of similar size (within 25%) are
-    zero-padded to a common size and inverted by one compiled eigendecomposition in a loop. The
-    padding is
-    an exact block of zeros, so each matrix's inverse is the top-left block of its padded one. This
-    keeps the compiled program small (one eigh per size class instead of one per factor)."""
-    order = sorted(range(len(mats)), key=lambda i: mats[i].shape[0])
+def _size_classes(sizes: list[int]) -> list[list[int]]:
+    """Group matrix indices into size classes, largest first: a matrix joins the current class
+    (and is zero-padded to its largest size) while the padded class costs at most 1.5x the
+    unpadded one, counting `max(n, 64)^3` per matrix (small LAPACK calls cost their overhead, not
+    their flops). Few classes keep the compiled program small; the bound keeps padding cheap."""
+    order = sorted(range(len(sizes)), key=lambda i: -sizes[i])
+    cost = lambda n: max(n, 64) ** 3
     groups: list[list[int]] = []
+    real = 0
     for i in order:
-        if groups and mats[i].shape[0] <= 1.25 * mats[groups[-1][0]].shape[0]:
-            groups[-1].append(i)
-        else:
-            groups.append([i])
+        if groups:
+            lead = sizes[groups[-1][0]]
+            if (len(groups[-1]) + 1) * cost(lead) <= 1.5 * (real + cost(sizes[i])):
+                groups[-1].append(i)
+                real += cost(sizes[i])
+                continue
+        groups.append([i])
+        real = cost(sizes[i])
+    return groups
+
+
+def _grouped_inverses(
+    mats: list[Array], dampings: list[Array], method: Literal["cholesky", "eigh"] = "cholesky"
+) -> tuple[list[Array], Array, Array]:
+    """`damped_inverse` of many matrices, batched per size class (`_size_classes`): the matrices
+    of a class are zero-padded to a common size. The padding is an exact block of zeros, so each
+    matrix's inverse is the top-left block of its padded one.
+
+    `"cholesky"`: one batched Cholesky per class; if any matrix of the class fails, the whole
+    class is redone by the eigh path (under `lax.cond`, so it costs nothing when unused), and each
+    failed matrix is counted as a fallback. `"eigh"`: the eigh path directly."""
+    groups = _size_classes([int(m.shape[0]) for m in mats])
     out: list[Array | None] = [None] * len(mats)
     fallbacks = jnp.zeros((), jnp.int32)
     clips = jnp.zeros((), jnp.int32)
@@ -151,18 +203,39 @@ def _grouped_inverses(mats: list[Array], dampings: list[Array]) -> tuple[list[Ar
             [jnp.pad(mats[i].astype(dtype), (0, n - mats[i].shape[0])) for i in group]
         )
         damp = jnp.stack([jnp.asarray(dampings[i], dtype) for i in group])
-        # lax.map, not vmap: one compiled eigh per size class, run sequentially. A batched eigh
-        # runs LAPACK on a parallel thread pool on CPU, which deadlocked inside cond/scan.
-        inv, fb, cl = jax.lax.map(lambda args: damped_inverse(*args), (stack, damp))
-        fallbacks = fallbacks + jnp.sum(fb).astype(jnp.int32)
-        clips = clips + jnp.sum(cl).astype(jnp.int32)
+
+        def eigh_path(stack=stack, damp=damp):
+            # lax.map, not vmap: a batched eigh runs LAPACK on a parallel thread pool on CPU,
+            # which deadlocked inside cond/scan.
+            return jax.lax.map(lambda args: _eigh_inverse(*args), (stack, damp))
+
+        if method == "eigh":
+            inv, fb, cl = eigh_path()
+            fb, cl = jnp.sum(fb).astype(jnp.int32), jnp.sum(cl).astype(jnp.int32)
+        else:
+            inv, failed = _cholesky_inverses(stack, damp)
+            n_failed = jnp.sum(failed.astype(jnp.int32))
+
+            def redo(_, eigh_path=eigh_path, n_failed=n_failed):
+                inv_e, fb_e, cl_e = eigh_path()
+                i32 = lambda x: jnp.sum(x).astype(jnp.int32)
+                return inv_e, n_failed + i32(fb_e), i32(cl_e)
+
+            def keep(_, inv=inv, n_failed=n_failed):
+                return inv, n_failed, jnp.zeros((), jnp.int32)
+
+            inv, fb, cl = jax.lax.cond(n_failed > 0, redo, keep, None)
+        fallbacks = fallbacks + fb.astype(jnp.int32)
+        clips = clips + cl.astype(jnp.int32)
         for j, i in enumerate(group):
             k = mats[i].shape[0]
             out[i] = inv[j, :k, :k].astype(mats[i].dtype)
     return out, fallbacks, clips
 
 
-def _block_inverses(plan: CapturePlan, blocks: tuple, damping) -> tuple[tuple, Array, Array]:
+def _block_inverses(
+    plan: CapturePlan, blocks: tuple, damping, method: Literal["cholesky", "eigh"] = "cholesky"
+) -> tuple[tuple, Array, Array]:
     """Factored-Tikhonov (pi) damped inverses of every block; returns (inverses, fallbacks,
     clips)."""
     mats, damps, where = [], [], []
@@ -197,7 +270,7 @@ def _block_inverses(plan: CapturePlan, blocks: tuple, damping) -> tuple[tuple, A
             d = jnp.maximum(jnp.asarray(damping, f.dtype), jnp.finfo(f.dtype).tiny)
             out.append({"F": 1.0 / (jnp.maximum(f, 0.0) + d)})
             clips = clips + jnp.sum(f < 0).astype(jnp.int32)
-    invs, fallbacks, more_clips = _grouped_inverses(mats, damps) if mats else ([], 0, 0)
+    invs, fallbacks, more_clips = _grouped_inverses(mats, damps, method) if mats else ([], 0, 0)
     for (idx, name), inv in zip(where, invs, strict=True):
         out[idx][name] = inv
     out = [{k: e[k] for k in sorted(e, key=lambda k: "AGF".index(k))} for e in out]
@@ -259,7 +332,8 @@ class KFACFactors(eqx.Module):
 
     def inverse_vp(self, v: Vector, damping: float | Float[Array, ""]) -> Vector:
         """`(K-FAC with factored pi-Tikhonov damping)^{-1} v`: `(G + sqrt(d)/pi I)^{-1} M
-        (A + pi sqrt(d) I)^{-1}` per Kronecker group, `(F + d I)^{-1}` on dense groups."""
+        (A + pi sqrt(d) I)^{-1}` per Kronecker group, `(F + d I)^{-1}` on dense groups (the
+        inverses by `damped_inverse`'s Cholesky path, eigh where it fails)."""
         check_positive("damping", damping, allow_zero=True)
         inv, _, _ = _block_inverses(self.plan, self.blocks, damping)
         return _apply_blocks(self.plan, inv, v)
@@ -500,6 +574,41 @@ def fit_ekfac(
         _, vjp = jax.vjp(f, diff)
         return vjp(ct)[0]
 
+    # Kronecker layers used once per example have rank-one per-example pseudo-gradients
+    # `g a^T`, whose squared eigenbasis coordinates are `(UG^T g)^2 (UA^T a)^2^T`: one tapped
+    # backward pass per cotangent set gives every `a` and `g` (and the per-example gradients of
+    # dense and diagonal groups) without forming a per-example weight gradient. Shared layers
+    # (several uses per example) keep the per-example gradients below.
+    from ._capture import _per_example_fn, _split_kron_pe, _zero_probes
+
+    fast = tuple(not info.is_kronecker or info.sharing == "none" for info in plan.layers)
+    kron_part, pe_part = _split_kron_pe(plan, diff)
+    tapped = jax.vmap(_per_example_fn(plan), in_axes=(None, 0, 0, None, 0))
+    p_dtype = jnp.result_type(*[t.dtype for t in jax.tree.leaves(diff)])
+
+    def fast_squares(x, cts):
+        """Summed squared coordinates over the batch and the cotangent sets (fast groups)."""
+        b = jax.tree.leaves(x)[0].shape[0]
+        pe_b = jax.tree.map(lambda t: jnp.broadcast_to(t, (b,) + t.shape), pe_part)
+        probes = _zero_probes(plan, b, p_dtype, False)
+        _, vjp_fn = jax.vjp(lambda p, pr: tapped(kron_part, p, pr, {}, x), pe_b, probes)
+        pe_s, pr_s = jax.vmap(vjp_fn)(cts)
+        out = []
+        for info, basis, item, ok in zip(plan.layers, bases, _items(pe_s), fast, strict=True):
+            if not ok:
+                out.append(None)
+            elif info.is_kronecker:
+                a = pr_s[info.index]["a"][0]  # (b, a_dim): the same for every set
+                ga = pr_s[info.index]["g"] @ basis["UG"]  # (sets, b, g_dim)
+                aa = a if basis["UA"] is None else a @ basis["UA"]
+                out.append(jnp.einsum("sbo,bi->oi", ga**2, aa**2))
+            else:
+                arrays = _item_arrays(item)  # each (sets, b, ...)
+                flat = jnp.concatenate([t.reshape(t.shape[:2] + (-1,)) for t in arrays], -1)
+                coords = flat @ basis["U"] if "U" in basis else flat
+                out.append(jnp.sum(coords**2, axis=(0, 1)))
+        return out
+
     def squares(g):
         """Squared coordinates of one pseudo-gradient pytree in the eigenbases."""
         out = []
@@ -530,9 +639,17 @@ def fit_ekfac(
             cts = jax.vmap(jax.grad(loss_obj.loss))(outputs, y)[None]
             w = 1.0
 
+        fsq = fast_squares(x, cts)
+        carry = [c if f is None else c + w * f for c, f in zip(carry, fsq, strict=True)]
+        if all(fast):
+            return carry, None
+
         def per_set(acc, ct):
             sq = jax.vmap(lambda xi, ci: squares(per_example(xi, ci)))(x, ct)
-            return jax.tree.map(lambda a, s: a + w * jnp.sum(s, axis=0), acc, sq), None
+            return [
+                a if ok else a + w * jnp.sum(q, axis=0)
+                for a, q, ok in zip(acc, sq, fast, strict=True)
+            ], None
 
         carry, _ = jax.lax.scan(per_set, carry, cts)
         return carry, None

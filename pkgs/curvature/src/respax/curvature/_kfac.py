@@ -5,15 +5,19 @@ The statistics come from `kfac_stats` (one forward pass, one backward pass plus 
 
 1. L2 (declared once, `l2_reg`) is added to the gradient and to the damping;
 2. factors: exponential moving average (normalised by the accumulated EMA weight);
-3. every `inverse_update_period` steps: factored-Tikhonov (pi) damped inverses by eigendecomposition
-   (`damped_inverse`: eigenvalue clipping and a diagonal fallback, both counted);
+3. every `inverse_update_period` steps: factored-Tikhonov (pi) damped inverses
+   `(A + pi sqrt(λ) I)^-1` and `(G + sqrt(λ)/pi I)^-1` (`damped_inverse`): one batched Cholesky
+   per size class; where it fails, the eigendecomposition path (eigenvalue clipping, then a
+   damped-diagonal fallback), every fallback and clip counted. Between refreshes the proposal
+   costs two matmuls per block;
 4. the proposal `Δ = -F̃^{-1} ∇h`; the step `δ = α Δ + μ v` with fixed `(α, μ)` or the minimiser of
    the exact quadratic model `½ δ^T (C + (λ+η) I) δ + ∇h^T δ` on `span{Δ, v}`, `C` the batch GGN;
 5. norm constraint (fixed learning rate): `α ≤ sqrt(c / (Δ^T ∇h))`;
 6. Levenberg-Marquardt: every `damping_adaptation_interval` steps, `ρ = (h(θ+δ) - h(θ)) / q(δ)`;
    `λ ← λ / ω` if `ρ < 1/4`, `λ ← λ ω` if `ρ > 3/4`, with `ω = damping_decay^interval`;
 7. a step whose loss, gradient or statistics are not finite is skipped (zero update, state kept)
-   and counted.
+   and counted (the refresh and the extra loss evaluation are not run on such a step; the other
+   state fields are kept by selects fused into the ops that compute them).
 """
 
 import dataclasses
@@ -100,8 +104,8 @@ class KFACState(NamedTuple):
     damping: Float[Array, ""]  # λ
     velocity: PyTree  # the previous update δ (structure of the float params)
     num_skipped: Int[Array, ""]  # int32: non-finite steps skipped
-    num_fallbacks: Int[Array, ""]  # int32: eigh failures replaced by the diagonal fallback
-    num_clipped: Int[Array, ""]  # int32: negative eigenvalues clipped to 0
+    num_fallbacks: Int[Array, ""]  # int32: inverse fallbacks (Cholesky -> eigh -> diagonal)
+    num_clipped: Int[Array, ""]  # int32: negative eigenvalues clipped to 0 (eigh path)
     learning_rate: Float[Array, ""]  # α of the last step
     momentum: Float[Array, ""]  # μ of the last step
     rho: Float[Array, ""]  # last reduction ratio (nan before the first adaptation)
@@ -123,10 +127,23 @@ def _zero_factors(plan: CapturePlan, diff: Any) -> tuple:
 
 
 def _all_finite(tree) -> Array:
+    """Whether every float leaf is finite, as ONE fused reduction: `x * 0` is 0 for finite `x`
+    and NaN for inf/NaN, so the sum is NaN exactly when some entry is not finite (one kernel
+    instead of two per leaf: fewer ops to compile)."""
     leaves = [x for x in jax.tree.leaves(tree) if eqx.is_inexact_array(x)]
     if not leaves:
         return jnp.asarray(True)
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+    dtype = jnp.result_type(*leaves)
+    flat = jnp.concatenate([jnp.ravel(x).astype(dtype) for x in leaves])
+    return jnp.isfinite(jnp.sum(flat * 0))
+
+
+def _gram(*trees) -> Array:
+    """The Gram matrix of several pytrees of the same structure, as one matmul."""
+    leaves = [jax.tree.leaves(t) for t in trees]
+    dtype = jnp.result_type(*leaves[0])
+    rows = jnp.stack([jnp.concatenate([jnp.ravel(x).astype(dtype) for x in ls]) for ls in leaves])
+    return jnp.dot(rows, rows.T, precision=jax.lax.Precision.HIGHEST)
 
 
 def kfac(
@@ -174,7 +191,13 @@ def kfac(
         diff, _ = eqx.partition(params, eqx.is_inexact_array)
         factors = _zero_factors(plan, diff)
         dtype = jnp.result_type(*[x.dtype for x in jax.tree.leaves(diff)])
-        inverses, _, _ = _block_inverses(plan, factors, jnp.asarray(1.0, dtype))
+        # The damped inverses of the zero factors at damping 1 (pi = 1): identities. Built
+        # directly, not by `_block_inverses`, so that `init` dispatches no factorisations (the
+        # first step refreshes them anyway).
+        inverses = jax.tree.map(
+            lambda f: jnp.eye(f.shape[0], dtype=f.dtype) if f.ndim == 2 else jnp.ones_like(f),
+            factors,
+        )
         f = lambda v: jnp.asarray(v, dtype)
         return KFACState(
             step=jnp.zeros((), jnp.int32),
@@ -213,25 +236,29 @@ def kfac(
         dtype = state.damping.dtype
         if eta > 0:
             grads = otu.add_scale(grads, eta, diff)
-        ok = _all_finite(grads) & _all_finite(stats)
         if loss is not None:
-            ok = ok & jnp.isfinite(loss)
-        # Non-finite inputs are replaced by zeros before use so nothing NaN reaches the state.
-        safe = lambda t: jax.tree.map(lambda x: jnp.where(ok, x, jnp.zeros_like(x)), t)
-        grads_s, stats_s = safe(grads), safe(stats)
+            loss = jnp.asarray(loss, dtype)
+        ok = _all_finite((grads, stats, loss))
+        return _step(grads, state, diff, stats, loss, batch, dtype, ok)
 
+    def _step(grads, state, diff, stats, loss, batch, dtype, ok):
+        # A non-finite step (`ok` false) gives a zero update and keeps the state; only the counter
+        # moves. The refresh and the extra loss evaluation are skipped through their `lax.cond`
+        # predicates; everything else is kept by selects fused into the ops that produce the new
+        # values (no extra pass over the state, no copy of it).
         # 1. Factor EMA.
         decay = jnp.asarray(cfg.ema_decay, dtype)
         factors = jax.tree.map(
             lambda old, new: decay * old + (1 - decay) * new.astype(old.dtype),
             state.factors,
-            stats_s,
+            stats,
         )
         ema_weight = decay * state.ema_weight + (1 - decay)
         damping = state.damping
         gamma = damping + eta
 
-        # 2. Inverse refresh every T steps.
+        # 2. Inverse refresh every T steps: factored-Tikhonov damped inverses by Cholesky (eigh
+        # fallback), so that the proposal below costs two matmuls per Kronecker block.
         def refresh(_):
             normed = jax.tree.map(lambda x: x / ema_weight, factors)
             inv, fb, cl = _block_inverses(plan, normed, gamma)
@@ -243,43 +270,43 @@ def kfac(
             return state.inverses, z, z
 
         inverses, fb, cl = jax.lax.cond(
-            state.step % cfg.inverse_update_period == 0, refresh, keep, None
+            (state.step % cfg.inverse_update_period == 0) & ok, refresh, keep, None
         )
 
         # 3. Proposal Δ = -F̃^{-1} ∇h.
-        delta = otu.scale(-1.0, _apply_blocks(plan, inverses, grads_s, "grads"))
+        delta = otu.scale(-1.0, _apply_blocks(plan, inverses, grads, "grads"))
         v = state.velocity
-        g_dot_delta = otu.vdot(grads_s, delta)
-        g_dot_v = otu.vdot(grads_s, v)
+        # Every inner product the step needs, from one Gram matrix of [∇h, Δ, v] (one matmul
+        # instead of a reduction per leaf and pair: a smaller program to compile).
+        gram = _gram(grads, delta, v) if cfg.needs_batch else None
+        if gram is not None:
+            g_dot_delta, g_dot_v = gram[0, 1], gram[0, 2]
+        else:
+            g_dot_delta, g_dot_v = otu.vdot(grads, delta), otu.vdot(grads, v)
 
         quad = None
         if cfg.needs_batch:
             inputs, targets = batch
             f = _batched_apply(plan.apply, plan.static, inputs)
-            outputs, jvp_fn = jax.linearize(f, diff)
-            jd, jv = jvp_fn(delta), jvp_fn(v)
+            # J Δ and J v in one forward-mode pass: the primal is computed once and the two
+            # tangents ride along as a batch (bigger matmuls than two separate jvps).
+            tangents = jax.tree.map(lambda a, b: jnp.stack([a, b]), delta, v)
+            outputs, jt = jax.vmap(lambda t: jax.jvp(f, (diff,), (t,)), out_axes=(None, 0))(
+                tangents
+            )
             # Output-space Hessian products by autodiff (never materialising k x k Hessians); for
             # the canonical losses the Hessian does not depend on the targets.
             out_grad = jax.grad(plan.output_loss.loss)
-            hvp_out = jax.vmap(lambda o, t, u: jax.jvp(lambda z: out_grad(z, t), (o,), (u,))[1])
-            hd, hv = hvp_out(outputs, targets, jd), hvp_out(outputs, targets, jv)
+
+            def hvp_out(o, t, us):
+                g = lambda z: out_grad(z, t)
+                return jax.vmap(lambda u: jax.jvp(g, (o,), (u,))[1])(us)
+
+            ht = jax.vmap(hvp_out, in_axes=(0, 0, 1), out_axes=1)(outputs, targets, jt)
             nb = outputs.shape[0]
-            c = (
-                jnp.stack(
-                    [
-                        jnp.stack([jnp.sum(jd * hd), jnp.sum(jd * hv)]),
-                        jnp.stack([jnp.sum(jv * hd), jnp.sum(jv * hv)]),
-                    ]
-                )
-                / nb
-            )
+            c = jnp.einsum("ibk,jbk->ij", jt, ht, precision=jax.lax.Precision.HIGHEST) / nb
             c = 0.5 * (c + c.T)
-            dots = jnp.stack(
-                [
-                    jnp.stack([otu.vdot(delta, delta), otu.vdot(delta, v)]),
-                    jnp.stack([otu.vdot(v, delta), otu.vdot(v, v)]),
-                ]
-            )
+            dots = gram[1:, 1:]
             c_eta = (c + eta * dots).astype(dtype)  # undamped model (for ρ)
             c_damped = c_eta + damping * dots
             quad = (c_eta, c_damped)
@@ -320,15 +347,19 @@ def kfac(
         if cfg.adapt_damping:
             inputs, targets = batch
             adapt_now = (state.step + 1) % cfg.damping_adaptation_interval == 0
-            loss_h = loss + 0.5 * eta * otu.vdot(diff, diff)
+            loss_h = loss + 0.5 * eta * otu.vdot(diff, diff) if eta > 0 else loss
 
             def new_loss(_):
                 new = otu.add(diff, step_vec)
                 f = _batched_apply(plan.apply, plan.static, inputs)
                 val = plan.output_loss.mean_loss(f(new), targets)
-                return (val + 0.5 * eta * otu.vdot(new, new)).astype(dtype)
+                if eta > 0:
+                    val = val + 0.5 * eta * otu.vdot(new, new)
+                return val.astype(dtype)
 
-            loss_new = jax.lax.cond(adapt_now, new_loss, lambda _: jnp.asarray(0.0, dtype), None)
+            loss_new = jax.lax.cond(
+                adapt_now & ok, new_loss, lambda _: jnp.asarray(0.0, dtype), None
+            )
             rho_now = (loss_new - loss_h) / jnp.where(q_change < 0, q_change, -jnp.inf)
             omega = jnp.asarray(cfg.damping_decay**cfg.damping_adaptation_interval, dtype)
             new_damping = jnp.where(
@@ -343,7 +374,7 @@ def kfac(
             step=state.step + 1,
             factors=factors,
             ema_weight=ema_weight,
-            inverses=inverses,
+            inverses=state.inverses,  # placeholder: set below without a select
             damping=damping,
             velocity=step_vec,
             num_skipped=state.num_skipped,
@@ -354,12 +385,17 @@ def kfac(
             rho=rho,
             quad_change=q_change.astype(dtype),
         )
-        skipped_state = state._replace(num_skipped=state.num_skipped + 1)
-        out_state = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new_state, skipped_state)
-        updates = jax.tree.map(lambda x: jnp.where(ok, x, jnp.zeros_like(x)), step_vec)
-        # Give the updates the caller's gradient dtypes.
-        updates = jax.tree.map(lambda u, p: u.astype(p.dtype), updates, diff)
-        return updates, out_state
+        # Keep the old state on a non-finite step (the state keeps its own dtypes).
+        new_state = jax.tree.map(lambda a, b: jnp.where(ok, a.astype(b.dtype), b), new_state, state)
+        new_state = new_state._replace(
+            inverses=inverses,  # already the old ones when not ok (the refresh predicate)
+            num_skipped=state.num_skipped + (~ok).astype(state.num_skipped.dtype),
+        )
+        # Give the updates the caller's parameter dtypes.
+        updates = jax.tree.map(
+            lambda u, p: jnp.where(ok, u, jnp.zeros_like(u)).astype(p.dtype), step_vec, diff
+        )
+        return updates, new_state
 
     return optax.GradientTransformationExtraArgs(init, update)
 
@@ -372,13 +408,14 @@ def kfac_factors_from_state(plan: CapturePlan, state: KFACState) -> KFACFactors:
 
 
 def kfac_report(plan: CapturePlan, state: KFACState | None = None) -> str:
-    """The coverage table of `plan`, plus the counters of `state` (skipped steps, eigh
+    """The coverage table of `plan`, plus the counters of `state` (skipped steps, inverse
     fallbacks, clipped eigenvalues, damping, last α/μ/ρ)."""
     text = plan.report()
     if state is not None:
         text += (
             f"\n\nsteps: {int(state.step)}, skipped (non-finite): {int(state.num_skipped)}, "
-            f"eigh fallbacks: {int(state.num_fallbacks)}, clipped eigenvalues: "
+            f"inverse fallbacks (Cholesky->eigh->diagonal): {int(state.num_fallbacks)}, "
+            f"clipped eigenvalues: "
             f"{int(state.num_clipped)}\n"
             f"damping: {float(state.damping):.4g}, "
             f"learning rate: {float(state.learning_rate):.4g}, "

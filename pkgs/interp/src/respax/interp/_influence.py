@@ -28,6 +28,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from respax.core import OutputLoss, check_positive
 
+from ._influence_layers import capture_plan, linear_block_dense, linear_blocks, linear_layer_io
 from ._influence_model import BlockRule, FlatModel, batched_map, block_layout, check_data
 from ._influence_strategies import (
     CG as CGStrategy,
@@ -53,6 +54,7 @@ from ._influence_strategies import (
     dense_ggn_blocks,
     dense_hessian_blocks,
     diagonal_ggn,
+    exact_dtype,
     gather,
     kfac_as_eigen,
     lanczos_top_eigenpairs,
@@ -128,7 +130,13 @@ def fit_factors(
     key = jax.random.key(0) if key is None else key
     if isinstance(strategy, KFAC):
         return _fit_kronecker(apply, output_loss, params, train, strategy, blocks, key, n)
-    return _fit(apply, output_loss, params, train, strategy, blocks, key, batch_size, n)
+    linear = ()
+    if isinstance(strategy, Exact) and strategy.structured and strategy.block_diagonal:
+        if strategy.curvature == "ggn" and strategy.mc_samples is None:
+            _, indices = block_layout(params, blocks)
+            plan = capture_plan(apply, output_loss, params, train[0])
+            linear = linear_blocks(params, plan, tuple(to_segments(i) for i in indices))
+    return _fit(apply, output_loss, params, train, strategy, blocks, key, batch_size, n, linear)
 
 
 def _check_batch_size(batch_size):
@@ -194,18 +202,34 @@ def _fit_kronecker(apply, output_loss, params, train, strategy, blocks, key, n):
     names, indices = block_layout(params, blocks)
     fit = _kronecker_fit_fn(apply, output_loss, params, inputs, strategy)
     ek = fit(params, inputs, targets if strategy.mode == "empirical" else None, key)
+    segments = tuple(to_segments(i) for i in indices)
+    linear, layer_io, refine_inputs = (), (), None
+    if strategy.refine_iterations > 0:
+        linear = linear_blocks(params, ek.plan, segments)
+        structured = tuple(b for b in linear if b is not None)
+        if structured:
+            layer_io = _layer_io(apply, output_loss, params, inputs, structured)
+        if any(b is None for b in linear):
+            refine_inputs = inputs
     return KroneckerFactors(
         ekfac=ek,
-        inputs=inputs if strategy.refine_iterations > 0 else None,
+        inputs=refine_inputs,
+        layer_io=layer_io,
+        linear=linear,
         strategy=strategy,
         block_names=names,
-        block_segments=tuple(to_segments(i) for i in indices),
+        block_segments=segments,
         num_examples=n,
     )
 
 
 @eqx.filter_jit
-def _fit(apply, output_loss, params, train, strategy, blocks, key, batch_size, n):
+def _layer_io(apply, output_loss, params, inputs, blocks):
+    return linear_layer_io(FlatModel(apply, output_loss, params), inputs, blocks)
+
+
+@eqx.filter_jit
+def _fit(apply, output_loss, params, train, strategy, blocks, key, batch_size, n, linear=()):
     model = FlatModel(apply, output_loss, params)
     inputs, targets = train
     names, indices = block_layout(params, blocks)
@@ -216,13 +240,26 @@ def _fit(apply, output_loss, params, train, strategy, blocks, key, batch_size, n
     curv_segments = block_segments if strategy.block_diagonal else (((0, model.num_params),),)
     if isinstance(strategy, Exact):
         if strategy.curvature == "ggn":
-            mats = dense_ggn_blocks(
-                model,
-                inputs,
-                curv_segments,
-                chunk_size=strategy.chunk_size,
-                mc_samples=strategy.mc_samples,
-                key=key,
+            linear = tuple(linear) or (None,) * len(curv_segments)
+            generic = [s for s, b in zip(curv_segments, linear, strict=True) if b is None]
+            structured = tuple(b for b in linear if b is not None)
+            dense = iter(
+                dense_ggn_blocks(
+                    model,
+                    inputs,
+                    tuple(generic),
+                    chunk_size=strategy.chunk_size,
+                    mc_samples=strategy.mc_samples,
+                    key=key,
+                )
+                if generic
+                else ()
+            )
+            dt = exact_dtype()
+            io = linear_layer_io(model, inputs, structured) if structured else ()
+            io = iter(jax.tree.map(lambda t: t.astype(dt), io))
+            mats = tuple(
+                next(dense) if b is None else linear_block_dense(b, *next(io)) for b in linear
             )
         else:
             mats = dense_hessian_blocks(
