@@ -145,8 +145,16 @@ def _cholesky_inverses(stack: Array, damp: Array) -> tuple[Array, Array]:
     fro = jnp.sqrt(jnp.sum(m * m, axis=(-2, -1)))
     d = jnp.maximum(jnp.maximum(damp, eps * jnp.where(jnp.isfinite(fro), fro, 0.0)), tiny)
     eye = jnp.eye(m.shape[-1], dtype=dtype)
-    chol = jnp.linalg.cholesky(m + d[:, None, None] * eye, symmetrize_input=False)
-    inv = jax.scipy.linalg.cho_solve((chol, True), jnp.broadcast_to(eye, m.shape))
+
+    def one(args):
+        mat, di = args
+        chol = jnp.linalg.cholesky(mat + di * eye, symmetrize_input=False)
+        return jax.scipy.linalg.cho_solve((chol, True), eye)
+
+    # lax.map, not a batched call: batched LAPACK runs on XLA's parallel thread pool on CPU,
+    # which deadlocks when the refresh sits inside a `lax.cond` within a `lax.scan` (as in a
+    # jitted training loop) under XLA's default multi-threaded CPU runtime.
+    inv = jax.lax.map(one, (m, d))
     failed = ~jnp.all(jnp.isfinite(inv), axis=(-2, -1))
     return inv, failed
 
