@@ -197,7 +197,7 @@ def _grouped_inverses(
     of a class are zero-padded to a common size. The padding is an exact block of zeros, so each
     matrix's inverse is the top-left block of its padded one.
 
-    `"cholesky"`: one batched Cholesky per class; if any matrix of the class fails, the whole
+    `"cholesky"`: a Cholesky per matrix (`lax.map` over the class); if any matrix fails, the whole
     class is redone by the eigh path (under `lax.cond`, so it costs nothing when unused), and each
     failed matrix is counted as a fallback. `"eigh"`: the eigh path directly."""
     groups = _size_classes([int(m.shape[0]) for m in mats])

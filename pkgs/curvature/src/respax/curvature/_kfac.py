@@ -6,8 +6,8 @@ The statistics come from `kfac_stats` (one forward pass, one backward pass plus 
 1. L2 (declared once, `l2_reg`) is added to the gradient and to the damping;
 2. factors: exponential moving average (normalised by the accumulated EMA weight);
 3. every `inverse_update_period` steps: factored-Tikhonov (pi) damped inverses
-   `(A + pi sqrt(λ) I)^-1` and `(G + sqrt(λ)/pi I)^-1` (`damped_inverse`): one batched Cholesky
-   per size class; where it fails, the eigendecomposition path (eigenvalue clipping, then a
+   `(A + pi sqrt(λ) I)^-1` and `(G + sqrt(λ)/pi I)^-1` (`damped_inverse`): one Cholesky per factor,
+   grouped by size class; where it fails, the eigendecomposition path (eigenvalue clipping, then a
    damped-diagonal fallback), every fallback and clip counted. Between refreshes the proposal
    costs two matmuls per block;
 4. the proposal `Δ = -F̃^{-1} ∇h`; the step `δ = α Δ + μ v` with fixed `(α, μ)` or the minimiser of
