@@ -43,29 +43,26 @@ def test_npz_uint8_and_unit_float(tmp_path):
     np.testing.assert_array_equal(load_mnist(str(path)), unit.reshape(3, 20))
 
 
-def test_missing_and_corrupt_files(tmp_path):
+@pytest.mark.parametrize(
+    "name, content, match",
+    [
+        ("labels-idx1-ubyte", struct.pack(">II", 2049, 3) + bytes(11), "magic 2049"),
+        ("short-idx3-ubyte", b"\x00\x00\x08", "too short"),
+        ("truncated-idx3-ubyte", _idx_bytes(_images())[:-7], "truncated or corrupt"),
+        ("broken.gz", b"not gzip data at all", "not a readable IDX"),
+        ("broken.npz", b"PK\x03\x04 not a zip", "not a readable npz"),
+    ],
+)
+def test_corrupt_files(tmp_path, name, content, match):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=match):
+        load_mnist(str(path))
+
+
+def test_missing_file_and_wrong_npz_key(tmp_path):
     with pytest.raises(FileNotFoundError, match="mnist_path"):
         load_mnist(str(tmp_path / "absent.npz"))
-    bad_magic = tmp_path / "labels-idx1-ubyte"
-    bad_magic.write_bytes(struct.pack(">II", 2049, 3) + bytes(3) + bytes(8))
-    with pytest.raises(ValueError, match="magic 2049"):
-        load_mnist(str(bad_magic))
-    short = tmp_path / "short-idx3-ubyte"
-    short.write_bytes(b"\x00\x00\x08")
-    with pytest.raises(ValueError, match="too short"):
-        load_mnist(str(short))
-    truncated = tmp_path / "truncated-idx3-ubyte"
-    truncated.write_bytes(_idx_bytes(_images())[:-7])
-    with pytest.raises(ValueError, match="truncated or corrupt"):
-        load_mnist(str(truncated))
-    bad_gz = tmp_path / "broken.gz"
-    bad_gz.write_bytes(b"not gzip data at all")
-    with pytest.raises(ValueError, match="not a readable IDX"):
-        load_mnist(str(bad_gz))
-    bad_npz = tmp_path / "broken.npz"
-    bad_npz.write_bytes(b"PK\x03\x04 not a zip")
-    with pytest.raises(ValueError, match="not a readable npz"):
-        load_mnist(str(bad_npz))
     wrong_key = tmp_path / "wrong.npz"
     np.savez(wrong_key, pixels=_images())
     with pytest.raises(ValueError, match="x_train"):
