@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from respax.core import BernoulliLoss, GaussianLoss, SoftmaxCrossEntropy
-from respax.curvature import UncoveredParameterError, capture_layers, kfac_stats
+from respax.curvature import UncoveredParameterError, capture_layers, kfac_stats, tap_layers
 
 
 def _stats(plan, model, x, y, mode):
@@ -278,3 +278,50 @@ def test_capture_bad_input():
     other = eqx.nn.MLP(2, 2, 4, 2, key=jax.random.key(0))
     with pytest.raises(ValueError, match="parameter groups"):
         kfac_stats(plan, other, jnp.zeros((3, 2)), jnp.zeros((3, 2)), mode="empirical")
+
+
+@pytest.mark.float64
+def test_tap_layers_rank_one_per_example_gradients():
+    """`g a^T` from `tap_layers` equals each example's weight gradient of `<ct, f(x_n)>` (jax.grad,
+    per example and cotangent set); the LayerNorm group's per-example gradients come back too."""
+    key = jax.random.split(jax.random.key(0), 4)
+
+    class Net(eqx.Module):
+        l0: eqx.nn.Linear
+        ln: eqx.nn.LayerNorm
+        l1: eqx.nn.Linear
+
+        def __call__(self, x):
+            return self.l1(self.ln(jnp.tanh(self.l0(x))))
+
+    net = _f64(
+        Net(
+            eqx.nn.Linear(3, 4, key=key[0]),
+            eqx.nn.LayerNorm(4),
+            eqx.nn.Linear(4, 2, use_bias=False, key=key[1]),
+        )
+    )
+    x = jax.random.normal(key[2], (5, 3), jnp.float64)
+    cts = jax.random.normal(key[3], (2, 5, 2), jnp.float64)
+    plan = capture_layers(net, GaussianLoss(), jnp.zeros(3))
+    taps, per_example = eqx.filter_jit(lambda m, x, c: tap_layers(plan, m, x, c))(net, x, cts)
+    assert set(taps) == {0, 2}
+
+    def grad_of(s, n):
+        return jax.grad(lambda m: jnp.dot(cts[s, n], m(x[n])))(net)
+
+    for s in range(2):
+        for n in range(5):
+            ref = grad_of(s, n)
+            ref0 = jnp.concatenate([ref.l0.weight, ref.l0.bias[:, None]], axis=1)
+            np.testing.assert_allclose(
+                jnp.outer(taps[0]["g"][s, n], taps[0]["a"][n]), ref0, atol=1e-12
+            )
+            np.testing.assert_allclose(
+                jnp.outer(taps[2]["g"][s, n], taps[2]["a"][n]), ref.l1.weight, atol=1e-12
+            )
+            np.testing.assert_allclose(per_example.ln.weight[s, n], ref.ln.weight, atol=1e-12)
+    with pytest.raises((ValueError, TypeError), match="cotangents"):
+        tap_layers(plan, net, x, cts[0])
+    with pytest.raises((ValueError, TypeError), match="cotangents"):
+        tap_layers(plan, net, x, cts[:, :3])

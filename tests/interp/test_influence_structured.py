@@ -73,7 +73,7 @@ def test_structured_products_and_blocks_equal_the_dense_ggn():
     # The shared layer keeps the generic product; the bias-free and biased linears are
     # structured; the fitting inputs are kept for the generic block only.
     assert f.linear[0] is None
-    assert f.linear[1] == LinearBlock(1, 4, 9, False)
+    assert f.linear[1] == LinearBlock(1, 4, 9, False)  # plan index 1: `nobias`
     assert all(isinstance(b, LinearBlock) and b.bias for b in f.linear[2:])
     assert f.inputs is not None and len(f.layer_io) == 3
     model = FlatModel(apply, loss, net)

@@ -5,7 +5,8 @@
   `empirical_fisher_operator`.
 - Estimators: `hutchinson_trace`, `hutchpp_trace`, `hutchinson_diagonal`, `lanczos_top_k`.
 - Layer capture without jaxpr matching: `capture_layers` -> `CapturePlan` (with a coverage
-  `report()`), and the one-pass statistics helper `kfac_stats`.
+  `report()`), the one-pass statistics helper `kfac_stats`, and `tap_layers` (per-example layer
+  inputs and output cotangents, for rank-one per-example gradient products).
 - K-FAC as an optax transform: `kfac`, `KFACConfig`, `KFACState`, `kfac_report`.
 - Kronecker factors as pytrees: `KFACFactors`, `fit_kfac_factors`, `EKFACFactors`, `fit_ekfac`,
   `damped_inverse`.
@@ -19,6 +20,7 @@ from ._capture import (
     kfac_stats as kfac_stats,
     layer_to_matrix as layer_to_matrix,
     matrix_to_layer as matrix_to_layer,
+    tap_layers as tap_layers,
 )
 from ._estimators import (
     LanczosResult as LanczosResult,

@@ -43,6 +43,7 @@ __all__ = [
     "UncoveredParameterError",
     "capture_layers",
     "kfac_stats",
+    "tap_layers",
 ]
 
 logger = logging.getLogger("respax.curvature")
@@ -479,6 +480,59 @@ def _count_uses(plan: CapturePlan, diff: Any, example_input: Any) -> dict[int, A
 
     x = jax.tree.map(jnp.asarray, example_input)
     return {i: np.asarray(c) for i, c in counts(kron, pe, probes, x).items()}
+
+
+def tap_layers(
+    plan: CapturePlan, params: Params, inputs: Any, cotangents: Float[Array, "s b k"]
+) -> tuple[dict[int, dict[str, Array]], PyTree]:
+    """Per-example layer inputs and output cotangents of the Kronecker layers, for given output
+    cotangents: one forward pass, and one backward pass per cotangent set.
+
+    For a layer applied once per example (`LayerInfo.uses == 1`), the per-example gradient of
+    `<cotangent, output>` with respect to its weight matrix (`layer_to_matrix` form, bias last) is
+    the rank-one `g a^T`: products with per-example gradients then need only `a` and `g`, never the
+    gradients themselves. For a layer used several times per example, `a` and `g` are sums over the
+    uses (see `capture_layers`).
+
+    Args:
+        plan: from `capture_layers`.
+        params: the model or its float part.
+        inputs: a batch of `b` inputs (leading axis = examples).
+        cotangents: `[s, b, k]`: `s` sets of per-example output cotangents (e.g. the columns of
+            the output-loss Hessian square root, or sampled-label gradients).
+
+    Returns:
+        `(taps, per_example)`: `taps[i] = {"a": [b, a_dim], "g": [s, b, g_dim]}` for every
+        Kronecker layer `i` of the plan (`a` holds a trailing 1 for a bias), and the per-example
+        gradients of the other parameter groups (the float part of `params` with leading axes
+        `[s, b]`; Kronecker layers are None there).
+
+    Example:
+        >>> import equinox as eqx, jax, jax.numpy as jnp
+        >>> from respax.core import GaussianLoss
+        >>> mlp = eqx.nn.MLP(3, 2, 4, 1, key=jax.random.key(0))
+        >>> plan = capture_layers(mlp, GaussianLoss(), jnp.zeros(3))
+        >>> taps, _ = tap_layers(plan, mlp, jnp.ones((8, 3)), jnp.ones((1, 8, 2)))
+        >>> taps[0]["a"].shape, taps[0]["g"].shape
+        ((8, 4), (1, 8, 4))
+    """
+    diff, _ = eqx.partition(params, eqx.is_inexact_array)
+    kron, pe = _split_kron_pe(plan, diff)
+    b = jax.tree.leaves(inputs)[0].shape[0]
+    if jnp.ndim(cotangents) != 3 or jnp.shape(cotangents)[1] != b:
+        raise ValueError(
+            f"`cotangents` must have shape (sets, {b}, k) for a batch of {b} inputs, got shape "
+            f"{jnp.shape(cotangents)}."
+        )
+    dtype = jnp.result_type(*[t.dtype for t in jax.tree.leaves(diff)])
+    pe_b = jax.tree.map(lambda t: jnp.broadcast_to(t, (b,) + t.shape), pe)
+    probes = _zero_probes(plan, b, dtype, False)
+    f = jax.vmap(_per_example_fn(plan), in_axes=(None, 0, 0, None, 0))
+    _, vjp_fn = jax.vjp(lambda p, pr: f(kron, p, pr, {}, inputs), pe_b, probes)
+    pe_s, pr_s = jax.vmap(vjp_fn)(cotangents)
+    # The inputs do not depend on the cotangent set: keep the first set's copy.
+    taps = {i: {"a": t["a"][0], "g": t["g"]} for i, t in pr_s.items()}
+    return taps, pe_s
 
 
 # ----------------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from ._capture import (
     kfac_stats,
     layer_to_matrix,
     matrix_to_layer,
+    tap_layers,
 )
 
 __all__ = [
@@ -587,27 +588,18 @@ def fit_ekfac(
     # backward pass per cotangent set gives every `a` and `g` (and the per-example gradients of
     # dense and diagonal groups) without forming a per-example weight gradient. Shared layers
     # (several uses per example) keep the per-example gradients below.
-    from ._capture import _per_example_fn, _split_kron_pe, _zero_probes
-
     fast = tuple(not info.is_kronecker or info.sharing == "none" for info in plan.layers)
-    kron_part, pe_part = _split_kron_pe(plan, diff)
-    tapped = jax.vmap(_per_example_fn(plan), in_axes=(None, 0, 0, None, 0))
-    p_dtype = jnp.result_type(*[t.dtype for t in jax.tree.leaves(diff)])
 
     def fast_squares(x, cts):
         """Summed squared coordinates over the batch and the cotangent sets (fast groups)."""
-        b = jax.tree.leaves(x)[0].shape[0]
-        pe_b = jax.tree.map(lambda t: jnp.broadcast_to(t, (b,) + t.shape), pe_part)
-        probes = _zero_probes(plan, b, p_dtype, False)
-        _, vjp_fn = jax.vjp(lambda p, pr: tapped(kron_part, p, pr, {}, x), pe_b, probes)
-        pe_s, pr_s = jax.vmap(vjp_fn)(cts)
+        taps, pe_s = tap_layers(plan, diff, x, cts)
         out = []
         for info, basis, item, ok in zip(plan.layers, bases, _items(pe_s), fast, strict=True):
             if not ok:
                 out.append(None)
             elif info.is_kronecker:
-                a = pr_s[info.index]["a"][0]  # (b, a_dim): the same for every set
-                ga = pr_s[info.index]["g"] @ basis["UG"]  # (sets, b, g_dim)
+                a = taps[info.index]["a"]  # (b, a_dim)
+                ga = taps[info.index]["g"] @ basis["UG"]  # (sets, b, g_dim)
                 aa = a if basis["UA"] is None else a @ basis["UA"]
                 out.append(jnp.einsum("sbo,bi->oi", ga**2, aa**2))
             else:

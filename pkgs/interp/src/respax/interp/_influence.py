@@ -28,7 +28,13 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from respax.core import OutputLoss, check_positive
 
-from ._influence_layers import capture_plan, linear_block_dense, linear_blocks, linear_layer_io
+from ._influence_layers import (
+    capture_plan,
+    linear_block_dense,
+    linear_blocks,
+    linear_layer_io,
+    structure_key,
+)
 from ._influence_model import BlockRule, FlatModel, batched_map, block_layout, check_data
 from ._influence_strategies import (
     CG as CGStrategy,
@@ -130,13 +136,15 @@ def fit_factors(
     key = jax.random.key(0) if key is None else key
     if isinstance(strategy, KFAC):
         return _fit_kronecker(apply, output_loss, params, train, strategy, blocks, key, n)
-    linear = ()
+    linear, plan = (), None
     if isinstance(strategy, Exact) and strategy.structured and strategy.block_diagonal:
         if strategy.curvature == "ggn" and strategy.mc_samples is None:
             _, indices = block_layout(params, blocks)
             plan = capture_plan(apply, output_loss, params, train[0])
             linear = linear_blocks(params, plan, tuple(to_segments(i) for i in indices))
-    return _fit(apply, output_loss, params, train, strategy, blocks, key, batch_size, n, linear)
+    return _fit(
+        apply, output_loss, params, train, strategy, blocks, key, batch_size, n, linear, plan
+    )
 
 
 def _check_batch_size(batch_size):
@@ -156,18 +164,7 @@ def _kronecker_fit_fn(apply, output_loss, params, inputs, strategy):
     # The refinement acts at scoring time only: one compiled fit for every refine_iterations.
     strategy = dataclasses.replace(strategy, refine_iterations=0)
 
-    spec = lambda t: tuple(
-        (jnp.shape(a), jnp.result_type(a)) if eqx.is_array(a) else a for a in jax.tree.leaves(t)
-    )
-    cache_key = (
-        apply,
-        output_loss,
-        jax.tree.structure(params),
-        spec(params),
-        jax.tree.structure(inputs),
-        spec(inputs),
-        strategy,
-    )
+    cache_key = (apply, output_loss, strategy) + structure_key(params, inputs)
     try:
         hash(cache_key)
     except TypeError:  # unhashable static leaves: no caching
@@ -208,7 +205,7 @@ def _fit_kronecker(apply, output_loss, params, train, strategy, blocks, key, n):
         linear = linear_blocks(params, ek.plan, segments)
         structured = tuple(b for b in linear if b is not None)
         if structured:
-            layer_io = _layer_io(apply, output_loss, params, inputs, structured)
+            layer_io = _layer_io(apply, output_loss, params, inputs, ek.plan, structured)
         if any(b is None for b in linear):
             refine_inputs = inputs
     return KroneckerFactors(
@@ -224,12 +221,14 @@ def _fit_kronecker(apply, output_loss, params, train, strategy, blocks, key, n):
 
 
 @eqx.filter_jit
-def _layer_io(apply, output_loss, params, inputs, blocks):
-    return linear_layer_io(FlatModel(apply, output_loss, params), inputs, blocks)
+def _layer_io(apply, output_loss, params, inputs, plan, blocks):
+    return linear_layer_io(FlatModel(apply, output_loss, params), plan, inputs, blocks)
 
 
 @eqx.filter_jit
-def _fit(apply, output_loss, params, train, strategy, blocks, key, batch_size, n, linear=()):
+def _fit(
+    apply, output_loss, params, train, strategy, blocks, key, batch_size, n, linear=(), plan=None
+):
     model = FlatModel(apply, output_loss, params)
     inputs, targets = train
     names, indices = block_layout(params, blocks)
@@ -256,7 +255,7 @@ def _fit(apply, output_loss, params, train, strategy, blocks, key, batch_size, n
                 else ()
             )
             dt = exact_dtype()
-            io = linear_layer_io(model, inputs, structured) if structured else ()
+            io = linear_layer_io(model, plan, inputs, structured) if structured else ()
             io = iter(jax.tree.map(lambda t: t.astype(dt), io))
             mats = tuple(
                 next(dense) if b is None else linear_block_dense(b, *next(io)) for b in linear

@@ -11,15 +11,13 @@ so products with a batch of block vectors `V_q` are four matmuls (`t = g^T V a`,
 instead of a forward and a transposed Jacobian product through the whole network per vector, and
 the dense block is one contraction over examples of `sum_c g g^T` with `a a^T`.
 
-Layer inputs and pseudo-gradients come from one forward pass and one backward pass per Hessian
-square-root column: each selected layer's output runs through an identity with a custom VJP whose
-backward rule returns, as the cotangent of a zero "probe", the layer input and output cotangent.
-Which layers qualify (linear, used once per example, weight and bias forming exactly one block of
-the influence layout) is read from `respax.curvature.capture_layers`' plan; every other block
-keeps the generic matrix-free product.
+Layer inputs and pseudo-gradients come from `respax.curvature.tap_layers`: one forward pass and
+one backward pass per Hessian square-root column. Which layers qualify (linear, used once per
+example, weight and bias forming exactly one block of the influence layout) is read from
+`respax.curvature.capture_layers`' plan; every other block keeps the generic matrix-free
+product.
 """
 
-import itertools
 from typing import Any, NamedTuple
 
 import equinox as eqx
@@ -34,10 +32,10 @@ from ._influence_model import FlatModel
 class LinearBlock(NamedTuple):
     """Static description of a layout block that is one linear layer used once per example.
 
-    `ordinal` counts `eqx.nn.Linear` nodes in `jax.tree.leaves` order; the block's flat layout is
-    the weight `[out, in]` (row-major) followed by the bias `[out]` when `bias`."""
+    `index` is the layer's position in the capture plan (`LayerInfo.index`); the block's flat
+    layout is the weight `[out, in]` (row-major) followed by the bias `[out]` when `bias`."""
 
-    ordinal: int
+    index: int
     out_dim: int
     in_dim: int
     bias: bool
@@ -58,14 +56,14 @@ def linear_blocks(params, plan, block_segments) -> tuple[LinearBlock | None, ...
     if plan is None:
         return tuple(out)
     once = {
-        info.path
+        info.path: info.index
         for info in plan.layers
         if info.kind == "linear" and info.uses == 1 and info.sharing == "none"
     }
     diff, _ = eqx.partition(params, eqx.is_inexact_array)
     leaves, _ = jax.tree_util.tree_flatten_with_path(diff, is_leaf=_is_linear)
     where = {segs: b for b, segs in enumerate(block_segments)}
-    offset, ordinal = 0, 0
+    offset = 0
     for path, leaf in leaves:
         if _is_linear(leaf):
             w, b = leaf.weight, leaf.bias
@@ -79,73 +77,29 @@ def linear_blocks(params, plan, block_segments) -> tuple[LinearBlock | None, ...
             )
             block = where.get(((offset, offset + size),))
             if usable and block is not None:
-                out[block] = LinearBlock(ordinal, int(w.shape[0]), int(w.shape[1]), b is not None)
-            ordinal += 1
+                dims = int(w.shape[0]), int(w.shape[1])
+                out[block] = LinearBlock(once[label], *dims, b is not None)
             offset += size
         else:
             offset += _array_size(leaf)
     return tuple(out)
 
 
-@jax.custom_vjp
-def _io_tap(a, y, probe):
-    return y
-
-
-def _io_tap_fwd(a, y, probe):
-    return y, a
-
-
-def _io_tap_bwd(a, gy):
-    # The probe's cotangent carries the layer input and the output cotangent out of the
-    # backward pass (the input part does not depend on `gy`: it is a value, not a derivative).
-    return jnp.zeros_like(a), gy, {"a": a.astype(gy.dtype), "g": gy}
-
-
-_io_tap.defvjp(_io_tap_fwd, _io_tap_bwd)
-
-
-class _TappedLinear(eqx.Module):
-    layer: eqx.nn.Linear
-    probe: dict
-
-    def __call__(self, x, *, key=None):
-        return _io_tap(x, self.layer(x), self.probe)
-
-
-def _tap(module, probes: dict[int, dict]):
-    counter = itertools.count()
-
-    def visit(x):
-        if _is_linear(x):
-            i = next(counter)
-            return _TappedLinear(x, probes[i]) if i in probes else x
-        return x
-
-    return jax.tree.map(visit, module, is_leaf=_is_linear)
-
-
 def linear_layer_io(
-    model: FlatModel, inputs, blocks: tuple[LinearBlock, ...]
+    model: FlatModel, plan, inputs, blocks: tuple[LinearBlock, ...]
 ) -> tuple[tuple[Float[Array, "n i"], Float[Array, "c n o"]], ...]:
     """Per-example inputs `a` `[n, in]` and pseudo-gradients `g` `[c, n, out]` (one per column of
-    the output Hessian square root) of every block in `blocks`, at `model.flat`."""
+    the output Hessian square root) of every block in `blocks`, at `model.flat`, from
+    `respax.curvature.tap_layers`."""
+    from respax import curvature
+
     module = model.unravel(model.flat)
-    n = jax.tree.leaves(inputs)[0].shape[0]
-    dtype = model.flat.dtype
-    probes = {
-        b.ordinal: {"a": jnp.zeros((n, b.in_dim), dtype), "g": jnp.zeros((n, b.out_dim), dtype)}
-        for b in blocks
-    }
-
-    def per_example(probe, x):
-        return model.apply(_tap(module, probe), x)
-
-    outputs, vjp_fn = jax.vjp(lambda p: jax.vmap(per_example)(p, inputs), probes)
+    outputs = jax.vmap(lambda x: model.apply(module, x))(inputs)
     s = jax.vmap(model.output_loss.hessian_sqrt)(outputs)  # (n, k, c)
     cts = jnp.moveaxis(s, 2, 0).astype(outputs.dtype)  # (c, n, k)
-    (ct,) = jax.vmap(vjp_fn)(cts)
-    return tuple((ct[b.ordinal]["a"][0], ct[b.ordinal]["g"]) for b in blocks)
+    taps, _ = curvature.tap_layers(plan, module, inputs, cts)
+    # The tapped input ends with a 1 for the bias; the structured products keep the bias apart.
+    return tuple((taps[b.index]["a"][:, : b.in_dim], taps[b.index]["g"]) for b in blocks)
 
 
 def _split(block: LinearBlock, v: Array) -> tuple[Array, Array | None]:
@@ -201,13 +155,39 @@ def linear_block_dense(
     return jnp.concatenate([top, bottom], axis=0)
 
 
+# Plans are cached per (apply, loss, parameter and input structure): the jitted fits take the plan
+# as a static argument, so a refit reuses the compiled program only if it gets the same plan.
+_PLAN_CACHE: dict = {}
+_PLAN_CACHE_SIZE = 32
+
+
+def structure_key(*trees) -> tuple:
+    """A hashable key of pytrees' structures, array shapes and dtypes (and non-array leaves)."""
+    spec = lambda t: tuple(
+        (jnp.shape(a), jnp.result_type(a)) if eqx.is_array(a) else a for a in jax.tree.leaves(t)
+    )
+    return tuple((jax.tree.structure(t), spec(t)) for t in trees)
+
+
 def capture_plan(apply, output_loss, params, inputs) -> Any:
     """`respax.curvature.capture_layers`' plan for the model, or None where capture fails (e.g.
     a model that is not an Equinox module tree, or traced parameters)."""
     from respax import curvature
 
+    x0 = jax.tree.map(lambda x: x[0], inputs)
     try:
-        x0 = jax.tree.map(lambda x: x[0], inputs)
-        return curvature.capture_layers(params, output_loss, x0, apply=apply, on_uncovered="ignore")
+        key = (apply, output_loss) + structure_key(params, x0)
+        hash(key)
+    except TypeError:  # unhashable static leaves: no caching
+        key = None
+    if key is not None and key in _PLAN_CACHE:
+        return _PLAN_CACHE[key]
+    try:
+        plan = curvature.capture_layers(params, output_loss, x0, apply=apply, on_uncovered="ignore")
     except Exception:  # noqa: BLE001 - no plan: every block keeps the generic product
         return None
+    if key is not None:
+        if len(_PLAN_CACHE) >= _PLAN_CACHE_SIZE:
+            _PLAN_CACHE.pop(next(iter(_PLAN_CACHE)))
+        _PLAN_CACHE[key] = plan
+    return plan
