@@ -110,6 +110,10 @@ class BilevelHistory(NamedTuple):
     outer_loss: Float[Array, " steps"]  # F(u_t, w_t) at the hypergradient's w
     hypergrad_norm: Float[Array, " steps"]
     inner_grad_norm: Float[Array, " steps"]
+    # ||H v - grad_w F|| of the IFT solve (0 for the unrolled methods): a Neumann series that
+    # diverges (alpha * lambda_max(H) >= 2, e.g. inner SGD at the edge of stability with
+    # alpha = its lr) shows here as a residual far above ||grad_w F||.
+    linear_residual_norm: Float[Array, " steps"]
 
 
 def bilevel_init(
@@ -174,7 +178,9 @@ def _outer_step(config: BilevelConfig, outer_loss, inner_loss, state: BilevelSta
         step=state.step + 1,
         key=state.key,
     )
-    trace = (info.outer_loss, otu.norm(hypergrad), info.inner_grad_norm)
+    trace = BilevelHistory(
+        info.outer_loss, otu.norm(hypergrad), info.inner_grad_norm, info.linear_residual_norm
+    )
     return new_state, trace
 
 
@@ -222,10 +228,7 @@ def bilevel_run(
     def body(carry, _):
         return _outer_step(config, outer_loss, inner_loss, carry)
 
-    state, (outer_values, hypergrad_norms, inner_grad_norms) = jax.lax.scan(
-        body, state, None, length=num_outer_steps
-    )
-    return state, BilevelHistory(outer_values, hypergrad_norms, inner_grad_norms)
+    return jax.lax.scan(body, state, None, length=num_outer_steps)
 
 
 def bilevel_optimize(
