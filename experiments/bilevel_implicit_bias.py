@@ -65,7 +65,7 @@ class Config:
     seeds: int = 3
     hidden: int = 64
     train_size: int = 1200
-    inner_lr: float = 0.5
+    inner_lr: float = 0.5  # the 1-D stage's inner SGD lr (unrolled hypergradient, no series)
     retrain_steps: int = 300
     eval_inits: int = 4
     # 2. dataset distillation
@@ -73,7 +73,17 @@ class Config:
     dd_outer_steps: int = 2000
     dd_cold_inner_steps: int = 50
     dd_warm_inner_steps: int = 1
-    dd_neumann_terms: int = 20
+    # The inner SGD lr of distillation, also the Neumann step: the series converges only while
+    # lr * lambda_max(inner Hessian) < 2, and full-batch SGD drives lambda_max toward 2 / lr (the
+    # edge of stability). At lr 0.5 the cold start's series diverged at times (solve residuals
+    # and hypergradient norms up to ~6e4); at 0.1 they stay small (reported).
+    dd_inner_lr: float = 0.1
+    # Hypergradients run, each for both starts: K-term Neumann series (K=1 is the one-step
+    # approximation alpha * grad); the claims are judged for each.
+    dd_neumann_terms: tuple[int, ...] = (20, 1)
+    # A diagnostic run (no claims) of the first images/class and K at this larger inner lr, to
+    # show what a divergent series does to each start (None: skip).
+    dd_edge_inner_lr: float | None = 0.5
     dd_outer_lrs: tuple[float, ...] = (0.02, 0.2)
     # 3. 1-D outer parameter
     oned_ring: int = 20
@@ -97,7 +107,8 @@ SCALES = {
         dd_images_per_class=(1,),
         dd_outer_steps=4,
         dd_cold_inner_steps=2,
-        dd_neumann_terms=2,
+        dd_neumann_terms=(2,),
+        dd_edge_inner_lr=None,
         dd_outer_lrs=(0.1,),
         oned_ring=4,
         oned_outer_steps=4,
@@ -273,12 +284,14 @@ def _seed_inputs(cfg: Config, seed: int, num_images: int, dim: int) -> dict:
     }
 
 
-def _trained_accuracies(cfg: Config, dim: int, inner, us, eval_w, steps: tuple[int, int], test):
+def _trained_accuracies(
+    cfg: Config, dim: int, inner, us, eval_w, steps: tuple[int, int], test, lr: float
+):
     """Test accuracy of the fresh inits `eval_w` trained on each synthetic set in `us` (stacked on
-    a leading axis) for `steps[0]` and for `steps[1] >= steps[0]` SGD steps, averaged over the
-    inits: shape (len(us), 2). One vmapped program serves every evaluation."""
+    a leading axis) for `steps[0]` and for `steps[1] >= steps[0]` SGD steps of size `lr`,
+    averaged over the inits: shape (len(us), 2). One vmapped program serves every evaluation."""
     unflatten, _, accuracy = _mlp(cfg.hidden, dim)
-    inner_opt = optax.sgd(cfg.inner_lr)
+    inner_opt = optax.sgd(lr)
     short, long = steps
 
     def one(u, flat_w):
@@ -295,15 +308,15 @@ def _tail_mean(trace):
     return jnp.mean(trace[-max(1, trace.shape[-1] // 10) :])
 
 
-def _distill_program(cfg: Config, ipc: int, dim: int):
+def _distill_program(cfg: Config, ipc: int, dim: int, terms: int):
     """One jitted program: cold and warm start for every (outer lr, seed), vmapped."""
     unflatten, loss, accuracy = _mlp(cfg.hidden, dim)
     y_syn = jnp.repeat(jnp.arange(10), ipc)
-    inner_opt = optax.sgd(cfg.inner_lr)
+    inner_opt = optax.sgd(cfg.dd_inner_lr)
     steps, t_cold = cfg.dd_outer_steps, cfg.dd_cold_inner_steps
     # Both starts use the same hypergradient (Alg. 3, Neumann with step = the inner lr), so the
     # only difference between them is where each outer step's inner run starts.
-    method = Implicit(Neumann(cfg.dd_neumann_terms, alpha=cfg.inner_lr))
+    method = Implicit(Neumann(terms, alpha=cfg.dd_inner_lr))
 
     def one(rand, outer_lr, data):
         xtr, ytr, xte, yte = data
@@ -331,6 +344,7 @@ def _distill_program(cfg: Config, ipc: int, dim: int):
             rand["eval_w"],
             (t_cold, cfg.retrain_steps),
             (xte, yte),
+            cfg.dd_inner_lr,
         )
         # Cold start's own solution: the fixed init trained T steps on the final images.
         w_cold = run_inner_optimizer(inner, u_cold, w0, inner_opt, t_cold)
@@ -342,6 +356,11 @@ def _distill_program(cfg: Config, ipc: int, dim: int):
             "warm_retrain": acc[1, 1],
             "cold_outer_loss": _tail_mean(h_cold.outer_loss),
             "warm_outer_loss": _tail_mean(h_warm.outer_loss),
+            # The solve's health: the largest IFT residual and hypergradient norm of the run.
+            "cold_residual": jnp.max(h_cold.linear_residual_norm),
+            "warm_residual": jnp.max(h_warm.linear_residual_norm),
+            "cold_hypergrad_max": jnp.max(h_cold.hypergrad_norm),
+            "warm_hypergrad_max": jnp.max(h_warm.hypergrad_norm),
             "cold_trace": h_cold.outer_loss,
             "warm_trace": h_warm.outer_loss,
             "cold_images": u_cold,
@@ -374,12 +393,13 @@ def _select(results: dict, method: str) -> tuple[int, dict]:
     return idx, {k: np.asarray(v)[idx] for k, v in results.items()}
 
 
-def _run_distill(cfg: Config, seed: int, ipc: int) -> dict:
+def _run_distill(cfg: Config, seed: int, ipc: int, terms: int) -> dict:
     data = _dataset(cfg, seed)
     dim = data["xtr"].shape[1]
     data = tuple(jnp.asarray(data[k]) for k in ("xtr", "ytr", "xte", "yte"))
+    # The same images and inits for every hypergradient: only the approximation differs.
     rand = _seed_inputs(cfg, 1000 * seed + ipc, 10 * ipc, dim)
-    raw = _distill_program(cfg, ipc, dim)(rand, jnp.asarray(cfg.dd_outer_lrs), data)
+    raw = _distill_program(cfg, ipc, dim, terms)(rand, jnp.asarray(cfg.dd_outer_lrs), data)
     raw = jax.tree.map(np.asarray, raw)
     out = {"outer_lrs": np.asarray(cfg.dd_outer_lrs)}
     for method in ("cold", "warm"):
@@ -392,6 +412,8 @@ def _run_distill(cfg: Config, seed: int, ipc: int) -> dict:
             "retrain_test_accuracy": sel[f"{method}_retrain"],
             "outer_loss": sel[f"{method}_outer_loss"],
             "image_change": sel[f"{method}_image_change"],
+            "max_solve_residual": sel[f"{method}_residual"],
+            "max_hypergrad_norm": sel[f"{method}_hypergrad_max"],
             "outer_loss_trace": sel[f"{method}_trace"].mean(axis=0),
             "images": sel[f"{method}_images"][0][::ipc][:10],  # seed 0, one image per class
         }
@@ -433,7 +455,14 @@ def _oned_program(cfg: Config, dim: int):
         state, (u_trace, loss_trace) = jax.lax.scan(step, state, None, length=cfg.oned_outer_steps)
         us = jnp.concatenate([state.outer_params, grid])[:, None]  # final u, then the grid
         acc = _trained_accuracies(
-            cfg, dim, inner, us, rand["eval_w"], (cfg.retrain_steps, cfg.retrain_steps), (xte, yte)
+            cfg,
+            dim,
+            inner,
+            us,
+            rand["eval_w"],
+            (cfg.retrain_steps, cfg.retrain_steps),
+            (xte, yte),
+            cfg.inner_lr,
         )[:, 0]
         full = run_inner_optimizer(
             lambda _, w: loss(w, xtr, ytr),
@@ -600,9 +629,21 @@ def run(cfg: Config, ctx) -> Result:
     quad = _quadratic_order(ctx.stage("quadratic", quad_stage))
     distill = {}
     for ipc in cfg.dd_images_per_class:
-        ctx.log(f"stage 2/3: dataset distillation, {ipc} image(s) per class, {cfg.seeds} seeds")
-        distill[f"{ipc}/class"] = ctx.stage(
-            f"distill_{ipc}", lambda ipc=ipc: _run_distill(cfg, seed, ipc)
+        for k in cfg.dd_neumann_terms:
+            ctx.log(
+                f"stage 2/3: dataset distillation, {ipc} image(s) per class, Neumann K={k}, "
+                f"{cfg.seeds} seeds"
+            )
+            distill[f"{ipc}/class, K={k}"] = ctx.stage(
+                f"distill_{ipc}_K{k}", lambda ipc=ipc, k=k: _run_distill(cfg, seed, ipc, k)
+            )
+    edge = {}
+    if cfg.dd_edge_inner_lr is not None:
+        ipc, k, lr = cfg.dd_images_per_class[0], cfg.dd_neumann_terms[0], cfg.dd_edge_inner_lr
+        ctx.log(f"stage 2/3: dataset distillation diagnostic, inner lr {lr}")
+        edge_cfg = dataclasses.replace(cfg, dd_inner_lr=lr)
+        edge[f"{ipc}/class, K={k}, inner lr {lr}"] = ctx.stage(
+            f"distill_{ipc}_K{k}_lr{lr}", lambda: _run_distill(edge_cfg, seed, ipc, k)
         )
     ctx.log(f"stage 3/3: 1-D outer parameter, {cfg.seeds} seeds")
     oned = ctx.stage("oned", lambda: _run_oned(cfg, seed))
@@ -669,13 +710,14 @@ def run(cfg: Config, ctx) -> Result:
         # Table 3's gap is +60.1 points with 1 image/class but +8.4 with 10 (89.1 -> 97.5), so
         # the 20-point margin is asked of the 1/class setting and the order of the other.
         margin = 20 if key.startswith("1/") else 0
+        ipc_key = key.split(",")[0]
         claims.append(
             _claim(
                 judge,
                 f"distillation {key}: warm-start test accuracy "
                 + (f">= cold-start + {margin} points" if margin else "> cold-start")
                 + f" (means over {cfg.seeds} seeds)",
-                f"Table 3 cold / warm / warm+retrain: {paper.get(key, '')}",
+                f"Table 3 cold / warm / warm+retrain: {paper.get(ipc_key, '')}",
                 f"cold {_ms(c / 100)}, warm {_ms(w / 100)} (warm - cold "
                 f"{w.mean() - c.mean():+.1f})",
                 w.mean() >= c.mean() + margin if margin else w.mean() > c.mean(),
@@ -686,7 +728,7 @@ def run(cfg: Config, ctx) -> Result:
                 judge,
                 f"distillation {key}: a fresh model retrained on the final warm-start images "
                 "gets <= 25% test accuracy (chance 10%; mean over seeds)",
-                f"Table 3: {paper.get(key, '')}",
+                f"Table 3: {paper.get(ipc_key, '')}",
                 _ms(r / 100),
                 r.mean() <= 25,
             )
@@ -705,9 +747,9 @@ def run(cfg: Config, ctx) -> Result:
         )
     )
     return Result(
-        metrics=_metrics(quad, distill, oned),
+        metrics=_metrics(quad, {**distill, **edge}, oned),
         claims=claims,
-        report=_report(cfg, quad, distill, oned),
+        report=_report(cfg, quad, distill, oned, edge),
     )
 
 
@@ -736,7 +778,7 @@ def _metrics(quad, distill, oned) -> dict:
     }
 
 
-def _report(cfg: Config, quad, distill, oned) -> str:
+def _report(cfg: Config, quad, distill, oned, edge) -> str:
     dim = next(iter(distill.values()))["cold"]["images"].shape[-1]
     test_name = "the MNIST test split" if cfg.mnist_path else "the other digits"
     lines = [
@@ -758,12 +800,14 @@ def _report(cfg: Config, quad, distill, oned) -> str:
         f"### 2. Dataset distillation ({_data_name(cfg)})",
         "",
         f"Data: {_data_name(cfg)}. Inner model: tanh MLP {dim}-{cfg.hidden}-10, SGD lr "
-        f"{cfg.inner_lr}. Synthetic images: "
+        f"{cfg.dd_inner_lr}. Synthetic images: "
         "Gaussian noise N(0, 1) on the standardized pixel scale, fixed one-hot labels. Outer: "
         f"Adam on the pixels for {cfg.dd_outer_steps} steps, outer objective = cross-entropy on "
         f"the {cfg.train_size} training images; test = {test_name}. Both starts use the "
-        f"same hypergradient: the IFT with a {cfg.dd_neumann_terms}-term Neumann series (step = "
-        "the inner lr) at the inner iterate. Cold start: the inner model restarts from the same "
+        "same hypergradient: the IFT with a K-term Neumann series (step = the inner lr) at the "
+        f"inner iterate, run for K in {list(cfg.dd_neumann_terms)} (K=1 is the one-step "
+        "approximation: the hypergradient of one SGD step). Cold start: the inner model "
+        "restarts from the same "
         f"fixed init at every outer step and takes {cfg.dd_cold_inner_steps} steps; evaluated as "
         "that init trained the same steps on the final images (fresh random inits trained so: "
         "column 'cold, fresh init'). Warm start: the inner model is carried, "
@@ -773,21 +817,23 @@ def _report(cfg: Config, quad, distill, oned) -> str:
         f"{list(cfg.dd_outer_lrs)} by the final outer loss (training loss, not test accuracy). "
         f"Test accuracy (%), mean ± std over {cfg.seeds} seeds:",
         "",
-        "| images/class | cold | warm | warm + re-train | cold, fresh init | cold + re-train "
-        "| outer lr cold / warm | final outer loss cold / warm |",
-        "|---|---|---|---|---|---|---|---|",
+        "| images/class, hypergradient | cold | warm | warm + re-train | cold, fresh init "
+        "| cold + re-train | outer lr cold / warm | final outer loss cold / warm "
+        "| max hypergradient norm cold / warm |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for k, res in distill.items():
+    for k, res in {**distill, **edge}.items():
         c, w = res["cold"], res["warm"]
         lines.append(
             f"| {k} | {_ms(c['test_accuracy'])} | {_ms(w['test_accuracy'])} | "
             f"{_ms(w['retrain_test_accuracy'])} | {_ms(c['fresh_test_accuracy'])} | "
             f"{_ms(c['retrain_test_accuracy'])} | "
             f"{c['outer_lr']} / {w['outer_lr']} | {np.mean(c['outer_loss']):.3f} / "
-            f"{np.mean(w['outer_loss']):.3f} |"
+            f"{np.mean(w['outer_loss']):.3f} | {np.max(c['max_hypergrad_norm']):.2g} / "
+            f"{np.max(w['max_hypergrad_norm']):.2g} |"
         )
     lines += ["", "Every outer lr of the grid (test accuracy %, mean over seeds):", ""]
-    for k, res in distill.items():
+    for k, res in {**distill, **edge}.items():
         for method in ("cold", "warm"):
             r = res[method]
             per_lr = ", ".join(
@@ -800,13 +846,16 @@ def _report(cfg: Config, quad, distill, oned) -> str:
     lines += [
         "",
         f"Reference: a model trained {cfg.retrain_steps} steps on all {cfg.train_size} "
-        f"training images reaches {_ms(oned['full_data'])}%. Reading: with the same "
-        "hypergradient, only the start differs. Warm start's accuracy lives in its carried "
-        "weights (the re-train column: a fresh model on the same images); cold start's lives in "
-        "the images, for its own fixed init. The cold-start number depends on the protocol: an "
-        "earlier version of this experiment that drew a new random init at every outer step "
-        "and backpropagated through 10 unrolled steps (classic dataset distillation, not the "
-        "paper's Alg. 1) reached about 90% with 1 image/class on digits.",
+        f"training images reaches {_ms(oned['full_data'])}% (inner lr {cfg.inner_lr}).",
+        "",
+        "Reading: with the same hypergradient, only the start differs. Warm start's accuracy "
+        "lives in its carried weights (the re-train column: a fresh model on the same images); "
+        "cold start's lives in the images, for its own fixed init. With a convergent Neumann "
+        "series cold start is a strong baseline here: Table 3's large 1/class gap is not "
+        "reproduced. The last row (when present) runs the same task at a larger inner lr, where "
+        "full-batch SGD sits at the edge of stability (sharpness near 2 / lr) and a Neumann "
+        "series with step = lr stops converging; compare its largest hypergradient norms and its "
+        "cold-start accuracy with the first row.",
         "",
         "### 3. 1-D outer parameter",
         "",
