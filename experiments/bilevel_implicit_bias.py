@@ -548,7 +548,7 @@ def _plots(ctx, cfg, quad, distill, oned):
     ax.set_title("Where each bilevel algorithm lands (quadratic, overparameterized outer)")
     ctx.save_figure(fig, "quadratic_landing.png")
 
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(1.6 * len(distill) + 1.5, 4))
     labels, width = list(distill), 0.25
     xs = np.arange(len(labels))
     bars = (
@@ -566,11 +566,11 @@ def _plots(ctx, cfg, quad, distill, oned):
             label=label,
         )
     ax.axhline(10, color="gray", ls=":", label="chance")
-    ax.set_xticks(xs, labels)
+    ax.set_xticks(xs, [label.replace(", ", "\n") for label in labels])
     ax.set_ylim(0, 105)
     ax.set_ylabel("test accuracy (%), mean ± std over seeds")
     ax.set_title(f"Dataset distillation on {name} (Table 3 analogue)")
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=4)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=4)
     fig.tight_layout()
     ctx.save_figure(fig, "distill_accuracy.png")
 
@@ -647,7 +647,7 @@ def run(cfg: Config, ctx) -> Result:
         )
     ctx.log(f"stage 3/3: 1-D outer parameter, {cfg.seeds} seeds")
     oned = ctx.stage("oned", lambda: _run_oned(cfg, seed))
-    _plots(ctx, cfg, quad, distill, oned)
+    _plots(ctx, cfg, quad, {**distill, **edge}, oned)
 
     claims = []
     cold = quad["cold exact"]
