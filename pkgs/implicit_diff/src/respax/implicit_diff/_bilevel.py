@@ -110,10 +110,10 @@ class BilevelHistory(NamedTuple):
     outer_loss: Float[Array, " steps"]  # F(u_t, w_t) at the hypergradient's w
     hypergrad_norm: Float[Array, " steps"]
     inner_grad_norm: Float[Array, " steps"]
-    # ||H v - grad_w F|| of the IFT solve (0 for the unrolled methods): a Neumann series that
-    # diverges (alpha * lambda_max(H) >= 2, e.g. inner SGD at the edge of stability with
-    # alpha = its lr) shows here as a residual far above ||grad_w F||.
-    linear_residual_norm: Float[Array, " steps"]
+    # ||H v - grad_w F|| / ||grad_w F|| of the IFT solve (0 for the unrolled methods): a Neumann
+    # series that diverges (alpha * lambda_max(H) >= 2, e.g. inner SGD at the edge of stability
+    # with alpha = its lr) shows here as a value far above 1.
+    linear_relative_residual: Float[Array, " steps"]
 
 
 def bilevel_init(
@@ -179,7 +179,7 @@ def _outer_step(config: BilevelConfig, outer_loss, inner_loss, state: BilevelSta
         key=state.key,
     )
     trace = BilevelHistory(
-        info.outer_loss, otu.norm(hypergrad), info.inner_grad_norm, info.linear_residual_norm
+        info.outer_loss, otu.norm(hypergrad), info.inner_grad_norm, info.linear_relative_residual
     )
     return new_state, trace
 

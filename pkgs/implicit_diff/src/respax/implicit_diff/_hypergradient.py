@@ -107,6 +107,10 @@ class HypergradInfo(NamedTuple):
     outer_loss: Float[Array, ""]  # F(u, inner_params)
     inner_grad_norm: Float[Array, ""]  # ||grad_w f(u, inner_params)||
     linear_residual_norm: Float[Array, ""]  # ||H v - grad_w F|| of the IFT solve (0 if unrolled)
+    # The same divided by ||grad_w F|| (0 if unrolled). Above 1 the solve has made things worse
+    # than v = 0: e.g. a divergent Neumann series (alpha * lambda_max(H) >= 2) or an
+    # indefinite H.
+    linear_relative_residual: Float[Array, ""]
     matvecs: Int[Array, ""]  # inner-Hessian products spent by the solve (0 if unrolled)
     inner_converged: Bool[Array, ""]  # inner_grad_norm <= inner_tol (True without inner_tol)
 
@@ -168,7 +172,9 @@ def _implicit(outer_loss, inner_loss, u, w, solve: AbstractLinearSolve):
     _, cross_vjp = jax.vjp(lambda uu: grad_w_inner(uu, w), u)
     (cross,) = cross_vjp(v)
     hypergrad = otu.sub(grad_u, cross)
-    return hypergrad, w, outer_value, otu.norm(inner_grad), residual, matvecs
+    norm_b = otu.norm(grad_w)
+    relative = residual / jnp.where(norm_b > 0, norm_b, 1.0)
+    return hypergrad, w, outer_value, otu.norm(inner_grad), (residual, relative), matvecs
 
 
 def _unrolled(outer_loss, inner_loss, u, w, method):
@@ -194,7 +200,7 @@ def _unrolled(outer_loss, inner_loss, u, w, method):
     (outer_value, w_t), hypergrad = jax.value_and_grad(total, has_aux=True)(u)
     inner_grad_norm = otu.norm(_inner_grad_fn(inner_loss)(u, w_t))
     zero = jnp.zeros((), inner_grad_norm.dtype)
-    return hypergrad, w_t, outer_value, inner_grad_norm, zero, jnp.asarray(0, jnp.int32)
+    return hypergrad, w_t, outer_value, inner_grad_norm, (zero, zero), jnp.asarray(0, jnp.int32)
 
 
 def _truncated(inner_loss, u, w0, method: TruncatedUnroll):
@@ -298,7 +304,8 @@ def hypergradient(
         inner_params=w_used,
         outer_loss=outer_value,
         inner_grad_norm=inner_grad_norm,
-        linear_residual_norm=residual,
+        linear_residual_norm=residual[0],
+        linear_relative_residual=residual[1],
         matvecs=jnp.asarray(matvecs, jnp.int32),
         inner_converged=converged,
     )
