@@ -857,7 +857,8 @@ def _report(cfg: Config, quad, distill, oned, edge) -> str:
         "cold start's lives in the images, for its own fixed init. The residual and "
         "hypergradient-norm columns show whether each run's Neumann series stayed bounded; the "
         "claims above judge Table 3's gaps on those runs. The last row (when present) runs the "
-        "same task at a larger inner lr, where full-batch SGD sits at the edge of stability (sharpness near 2 / lr) and a Neumann "
+        "same task at a larger inner lr, where full-batch SGD sits at the edge of stability "
+        "(sharpness near 2 / lr) and a Neumann "
         "series with step = lr stops converging (relative residual above 1); compare its largest "
         "residuals and hypergradient norms and its cold-start accuracy with the first row.",
         "",
