@@ -172,3 +172,24 @@ def test_layer_io_of_a_plain_mlp_is_all_structured():
     bias_rows = gather(rows, seg)[..., -4:]
     np.testing.assert_allclose(np.swapaxes(g, 0, 1), bias_rows, rtol=1e-12, atol=1e-14)
     assert sqrt.shape[-1] == g.shape[0]
+
+
+def test_fit_cache_memoizes_evicts_oldest_and_skips_unhashable_or_failing_builds():
+    from respax.interp._influence_layers import cached
+
+    cache, calls = {}, []
+
+    def build(v):
+        calls.append(v)
+        return v
+
+    assert cached(cache, ("a",), lambda: build(1), size=2) == 1
+    assert cached(cache, ("a",), lambda: build(2), size=2) == 1  # memoized: no second build
+    cached(cache, ("b",), lambda: build(3), size=2)
+    cached(cache, ("c",), lambda: build(4), size=2)  # evicts the oldest, ("a",)
+    assert list(cache) == [("b",), ("c",)] and calls == [1, 3, 4]
+    assert cached(cache, ([1],), lambda: build(5)) == 5  # unhashable key: built, not cached
+    assert list(cache) == [("b",), ("c",)]
+    with pytest.raises(RuntimeError):
+        cached(cache, ("d",), lambda: (_ for _ in ()).throw(RuntimeError("no")), size=2)
+    assert ("d",) not in cache and len(cache) == 2

@@ -29,6 +29,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from respax.core import OutputLoss, check_positive
 
 from ._influence_layers import (
+    cached,
     capture_plan,
     linear_block_dense,
     linear_blocks,
@@ -155,7 +156,6 @@ def _check_batch_size(batch_size):
 # Layer capture runs the model once and the fit is jitted around its plan, so both are cached per
 # (apply, loss, parameter structure, input structure, strategy): refits then reuse the compiled fit.
 _KRONECKER_CACHE: dict = {}
-_KRONECKER_CACHE_SIZE = 32
 
 
 def _kronecker_fit_fn(apply, output_loss, params, inputs, strategy):
@@ -164,34 +164,27 @@ def _kronecker_fit_fn(apply, output_loss, params, inputs, strategy):
     # The refinement acts at scoring time only: one compiled fit for every refine_iterations.
     strategy = dataclasses.replace(strategy, refine_iterations=0)
 
-    cache_key = (apply, output_loss, strategy) + structure_key(params, inputs)
-    try:
-        hash(cache_key)
-    except TypeError:  # unhashable static leaves: no caching
-        cache_key = None
-    if cache_key is not None and cache_key in _KRONECKER_CACHE:
-        return _KRONECKER_CACHE[cache_key]
-    x0 = jax.tree.map(lambda a: a[0], inputs)
-    plan = curvature.capture_layers(params, output_loss, x0, apply=apply)
+    def build():
+        x0 = jax.tree.map(lambda a: a[0], inputs)
+        plan = curvature.capture_layers(params, output_loss, x0, apply=apply)
 
-    @eqx.filter_jit
-    def fit(params, inputs, targets, key):
-        kw = dict(
-            mode=strategy.mode,
-            key=key,
-            num_samples=strategy.num_samples,
-            batch_size=strategy.batch_size,
-        )
-        kron = curvature.fit_kfac_factors(plan, params, inputs, targets, **kw)
-        if isinstance(strategy, EKFAC):
-            return curvature.fit_ekfac(plan, params, inputs, targets, factors=kron, **kw)
-        return kfac_as_eigen(kron, curvature.EKFACFactors)
+        @eqx.filter_jit
+        def fit(params, inputs, targets, key):
+            kw = dict(
+                mode=strategy.mode,
+                key=key,
+                num_samples=strategy.num_samples,
+                batch_size=strategy.batch_size,
+            )
+            kron = curvature.fit_kfac_factors(plan, params, inputs, targets, **kw)
+            if isinstance(strategy, EKFAC):
+                return curvature.fit_ekfac(plan, params, inputs, targets, factors=kron, **kw)
+            return kfac_as_eigen(kron, curvature.EKFACFactors)
 
-    if cache_key is not None:
-        if len(_KRONECKER_CACHE) >= _KRONECKER_CACHE_SIZE:
-            _KRONECKER_CACHE.pop(next(iter(_KRONECKER_CACHE)))
-        _KRONECKER_CACHE[cache_key] = fit
-    return fit
+        return fit
+
+    key = (apply, output_loss, strategy) + structure_key(params, inputs)
+    return cached(_KRONECKER_CACHE, key, build)
 
 
 def _fit_kronecker(apply, output_loss, params, train, strategy, blocks, key, n):

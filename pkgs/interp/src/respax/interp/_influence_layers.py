@@ -18,6 +18,7 @@ example, weight and bias forming exactly one block of the influence layout) is r
 product.
 """
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import equinox as eqx
@@ -155,18 +156,33 @@ def linear_block_dense(
     return jnp.concatenate([top, bottom], axis=0)
 
 
-# Plans are cached per (apply, loss, parameter and input structure): the jitted fits take the plan
-# as a static argument, so a refit reuses the compiled program only if it gets the same plan.
-_PLAN_CACHE: dict = {}
-_PLAN_CACHE_SIZE = 32
-
-
 def structure_key(*trees) -> tuple:
     """A hashable key of pytrees' structures, array shapes and dtypes (and non-array leaves)."""
     spec = lambda t: tuple(
         (jnp.shape(a), jnp.result_type(a)) if eqx.is_array(a) else a for a in jax.tree.leaves(t)
     )
     return tuple((jax.tree.structure(t), spec(t)) for t in trees)
+
+
+def cached(cache: dict, key: tuple, build: Callable[[], Any], size: int = 32) -> Any:
+    """`build()`, memoized in `cache` under `key` (the oldest entry goes beyond `size`). A key that
+    cannot be hashed (an unhashable static leaf) is not cached; a `build` that raises caches
+    nothing."""
+    try:
+        hash(key)
+    except TypeError:
+        return build()
+    if key not in cache:
+        value = build()
+        if len(cache) >= size:
+            cache.pop(next(iter(cache)))
+        cache[key] = value
+    return cache[key]
+
+
+# Plans are cached per (apply, loss, parameter and input structure): the jitted fits take the plan
+# as a static argument, so a refit reuses the compiled program only if it gets the same plan.
+_PLAN_CACHE: dict = {}
 
 
 def capture_plan(apply, output_loss, params, inputs) -> Any:
@@ -176,18 +192,12 @@ def capture_plan(apply, output_loss, params, inputs) -> Any:
 
     x0 = jax.tree.map(lambda x: x[0], inputs)
     try:
-        key = (apply, output_loss) + structure_key(params, x0)
-        hash(key)
-    except TypeError:  # unhashable static leaves: no caching
-        key = None
-    if key is not None and key in _PLAN_CACHE:
-        return _PLAN_CACHE[key]
-    try:
-        plan = curvature.capture_layers(params, output_loss, x0, apply=apply, on_uncovered="ignore")
+        return cached(
+            _PLAN_CACHE,
+            (apply, output_loss) + structure_key(params, x0),
+            lambda: curvature.capture_layers(
+                params, output_loss, x0, apply=apply, on_uncovered="ignore"
+            ),
+        )
     except Exception:  # noqa: BLE001 - no plan: every block keeps the generic product
         return None
-    if key is not None:
-        if len(_PLAN_CACHE) >= _PLAN_CACHE_SIZE:
-            _PLAN_CACHE.pop(next(iter(_PLAN_CACHE)))
-        _PLAN_CACHE[key] = plan
-    return plan
