@@ -130,3 +130,71 @@ def apply_overrides(cfg: Any, items: list[str], experiment: str) -> tuple[Any, d
     except (TypeError, ValueError) as e:
         raise OverrideError(f"invalid config for experiment {experiment!r}: {e}") from None
     return new, parsed
+
+
+def _bounds(key: str, annotation: Any, scale_values: list[Any]) -> tuple[float, str] | None:
+    """The lower bound a numeric field keeps at every scale: (bound, what), or None."""
+    if annotation not in (int, float) or not scale_values:
+        return None
+    values = [v for v in scale_values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if len(values) != len(scale_values):
+        return None
+    if annotation is int and min(values) >= 1:
+        return 1, "an int >= 1"
+    if min(values) >= 0:
+        return 0, f"{'an int' if annotation is int else 'a number'} >= 0"
+    return None
+
+
+def check_overrides(
+    parsed: dict[str, Any], scales: dict[str, Any], experiment: str, metadata: dict[str, Any]
+) -> None:
+    """Reject overridden numbers outside the range the experiment's scales use.
+
+    A field may declare its own lower bound as `dataclasses.field(metadata={"min": 1})`;
+    otherwise an int that is >= 1 at every scale (a count of steps, seeds, examples) must stay
+    >= 1, and a number that is >= 0 at every scale must stay >= 0. Only the overridden fields
+    are checked: the scales' own values are the experiment's.
+
+    Args:
+        parsed: `{key: value}` from `apply_overrides`.
+        scales: the experiment's `{scale: config}`.
+        experiment: the experiment's name, for messages.
+        metadata: `{key: field metadata}` of the config dataclass.
+
+    Raises:
+        OverrideError: one line naming the key, the expected range and the value given.
+
+    Example:
+        >>> import dataclasses
+        >>> @dataclasses.dataclass(frozen=True)
+        ... class C:
+        ...     steps: int = 10
+        >>> check_overrides({"steps": 5}, {"smoke": C(2), "quick": C()}, "toy", {})
+        >>> check_overrides({"steps": -5}, {"smoke": C(2)}, "toy", {})
+        Traceback (most recent call last):
+        ...
+        experiments._config.OverrideError: bad value for 'steps' in experiment 'toy': expected an int >= 1 (as at every scale), got -5
+    """  # noqa: E501
+    for key, value in parsed.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        declared = metadata.get(key, {}).get("min")
+        if declared is not None:
+            bound, what, why = declared, f">= {declared}", ""
+        else:
+            annotation = field_types(type(next(iter(scales.values()))))[key]
+            found = _bounds(key, annotation, [getattr(c, key) for c in scales.values()])
+            if found is None:
+                continue
+            (bound, what), why = found, " (as at every scale)"
+        if not value >= bound:  # also rejects NaN
+            raise OverrideError(
+                f"bad value for {key!r} in experiment {experiment!r}: expected {what}{why}, "
+                f"got {value!r}"
+            )
+
+
+def field_metadata(config_type: type) -> dict[str, Any]:
+    """`{field name: its dataclasses metadata}` of a config dataclass."""
+    return {f.name: dict(f.metadata) for f in dataclasses.fields(config_type)}

@@ -39,12 +39,43 @@ def to_jsonable(value: Any, where: str = "metrics") -> Any:
     raise TypeError(f"{where} is a {type(value).__name__}, which has no JSON form")
 
 
-def claim_rows(claims: list[Claim]) -> list[dict[str, Any]]:
-    """The claims as JSON rows, checking the contract (`holds=None` needs a reason)."""
+SCALES = ("smoke", "quick", "paper")
+
+
+def claim_rows(claims: list[Claim], *, scale: str | None = None) -> list[dict[str, Any]]:
+    """The claims as JSON rows, checking the contract (`holds=None` needs a reason).
+
+    A claim expected at a larger scale than the run's (a "quick" claim in a smoke run) cannot be
+    tested by the run: its `holds` becomes `None`, with a reason saying so, whatever the
+    experiment computed (its number stays in `ours`).
+
+    Args:
+        claims: the experiment's claims.
+        scale: the run's scale; `None` leaves `holds` as the experiment gave it.
+
+    Returns:
+        One dict per claim: `claim, scale, paper, ours, holds, reason`.
+
+    Raises:
+        TypeError: a claim that is not a `Claim`, or `holds` that is not a bool or None.
+        ValueError: an unknown scale, or `holds=None` without a reason.
+
+    Example:
+        >>> rows = claim_rows([Claim("loss < 0.1", "quick", "0.05", 0.2, False)], scale="smoke")
+        >>> rows[0]["holds"], rows[0]["reason"]
+        (None, 'expected at quick scale; this run is smoke')
+    """
+    if scale is not None and scale not in SCALES:
+        raise ValueError(f"scale must be one of {', '.join(SCALES)}, got {scale!r}")
     rows = []
     for i, c in enumerate(claims):
         if not isinstance(c, Claim):
             raise TypeError(f"Result.claims[{i}] is a {type(c).__name__}, not a Claim")
+        if c.scale not in SCALES:
+            raise ValueError(
+                f"claims[{i}] ({c.claim!r}): scale must be one of {', '.join(SCALES)}, "
+                f"got {c.scale!r}"
+            )
         holds = to_jsonable(c.holds, f"claims[{i}].holds")
         if holds not in (True, False, None):
             raise TypeError(f"claims[{i}].holds must be True, False or None, got {c.holds!r}")
@@ -53,6 +84,10 @@ def claim_rows(claims: list[Claim]) -> list[dict[str, Any]]:
         row = dataclasses.asdict(c)
         row["ours"] = to_jsonable(c.ours, f"claims[{i}].ours")
         row["holds"] = holds
+        if scale is not None and SCALES.index(c.scale) > SCALES.index(scale):
+            untested = f"expected at {c.scale} scale; this run is {scale}"
+            row["holds"] = None
+            row["reason"] = c.reason if holds is None and c.reason else untested
         rows.append(row)
     return rows
 
@@ -100,12 +135,16 @@ def run_report(metrics: dict[str, Any], body: str, figures: list[str]) -> str:
     """report.md of one run: header, claims table, the experiment's text, plots."""
     devices = metrics["devices"]
     commit = metrics["git_commit"] or "unknown"
+    parts = metrics.get("wall_seconds_parts") or []
+    wall = f"{metrics['wall_seconds']:.1f} s" + (
+        f" in {len(parts)} parts" if len(parts) > 1 else ""
+    )
     lines = [
         f"# {metrics['title']}",
         "",
         f"`{metrics['name']}` · scale `{metrics['scale']}` · seed {metrics['seed']} · "
         f"{devices['count']} × {devices['kind']} · {metrics['num_processes']} process(es) · "
-        f"{metrics['wall_seconds']:.1f} s · jax {metrics['jax_version']} · commit `{commit}`",
+        f"{wall} · jax {metrics['jax_version']} · commit `{commit}`",
         "",
     ]
     if metrics["overrides"]:

@@ -1,14 +1,16 @@
-"""The command line: `python -m experiments list | run NAME | reproduce`."""
+"""The command line: `python -m experiments list | show NAME | run NAME | reproduce`."""
 
 import argparse
 import dataclasses
 import datetime
 import json
+import os
 import pathlib
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from typing import Any
@@ -17,11 +19,19 @@ import jax
 
 from experiments import _distributed, _registry
 from experiments._api import Experiment, Result
-from experiments._config import OverrideError, apply_overrides
+from experiments._config import (
+    OverrideError,
+    apply_overrides,
+    check_overrides,
+    field_metadata,
+    field_types,
+    type_name,
+)
 from experiments._context import Context, SignalGuard
 from experiments._errors import Interrupted, RunnerError
 from experiments._io import atomic_write
 from experiments._report import (
+    SCALES,
     Outcome,
     claim_rows,
     claims_summary,
@@ -30,7 +40,6 @@ from experiments._report import (
     to_jsonable,
 )
 
-SCALES = ("smoke", "quick", "paper")
 _REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -47,8 +56,15 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m experiments",
         description="List, run and reproduce respax experiments (see experiments/README.md).",
     )
-    sub = parser.add_subparsers(dest="command", metavar="{list,run,reproduce}")
+    sub = parser.add_subparsers(dest="command", metavar="{list,show,run,reproduce}")
     sub.add_parser("list", help="list the experiments (and those that cannot be imported)")
+    show = sub.add_parser(
+        "show",
+        help="print one experiment's config at a scale",
+        description="Print the config of NAME at --scale: one `key: type = value` line per field.",
+    )
+    show.add_argument("name", metavar="NAME")
+    show.add_argument("--scale", choices=SCALES, default="quick", help="default: quick")
 
     common = _Parser(add_help=False)
     common.add_argument("--scale", choices=SCALES, default="quick", help="default: quick")
@@ -100,14 +116,18 @@ def main(argv: list[str] | None = None) -> int:
         parser = build_parser()
         args, extra = parser.parse_known_args(argv)
         if args.command is None:
-            raise RunnerError("choose a command: list, run or reproduce (see --help)", 2)
+            raise RunnerError("choose a command: list, show, run or reproduce (see --help)", 2)
         for item in extra:
             if args.command != "run" or item.startswith("-"):
                 raise RunnerError(f"unrecognized argument {item!r} (see --help)", 2)
         if args.command == "list":
             return _cmd_list()
+        if args.command == "show":
+            return _cmd_show(args)
         if args.checkpoint_every < 0:
             raise RunnerError("--checkpoint-every must be >= 0", 2)
+        if not 0 <= args.seed < 2**32:
+            raise RunnerError(f"--seed must be an int in [0, 2**32), got {args.seed}", 2)
         settings = _distributed.resolve_settings(
             args.coordinator, args.num_processes, args.process_id
         )
@@ -151,15 +171,32 @@ def _cmd_list() -> int:
     return 0
 
 
-def _cmd_run(args: argparse.Namespace, overrides: list[str], signals: SignalGuard) -> int:
+def _cmd_show(args: argparse.Namespace) -> int:
     exp = _registry.load(args.name)
     cfg = _scale_config(exp, args.scale)
+    types = field_types(type(cfg))
+    print(f"# {exp.name} at scale {args.scale!r} (override with key=value)")
+    for key, annotation in types.items():
+        print(f"{key}: {type_name(annotation)} = {getattr(cfg, key)!r}")
+    return 0
+
+
+def _configure(exp: Experiment, scale: str, overrides: list[str]) -> tuple[Any, dict[str, Any]]:
+    """The scale's config with the overrides applied and checked; RunnerError (exit 2) if bad."""
+    cfg = _scale_config(exp, scale)
     try:
         cfg, parsed = apply_overrides(cfg, overrides, exp.name)
+        check_overrides(parsed, dict(exp.scales), exp.name, field_metadata(type(cfg)))
     except OverrideError as e:
         raise RunnerError(str(e), 2) from None
+    return cfg, parsed
+
+
+def _cmd_run(args: argparse.Namespace, overrides: list[str], signals: SignalGuard) -> int:
+    exp = _registry.load(args.name)
+    cfg, parsed = _configure(exp, args.scale, overrides)
     out_dir = pathlib.Path(args.out) if args.out else pathlib.Path("results") / exp.name
-    _prepare_out_dir(out_dir, resume=args.resume, force=args.force)
+    previous = _prepare_out_dir(out_dir, resume=args.resume, force=args.force)
     try:
         metrics = run_experiment(
             exp,
@@ -172,11 +209,17 @@ def _cmd_run(args: argparse.Namespace, overrides: list[str], signals: SignalGuar
             checkpoint_every_s=args.checkpoint_every,
             signals=signals,
         )
+    except Interrupted:
+        _drop_previous(previous)  # the new run is resumable; the old one was forced away
+        raise
     except RunnerError:
+        _restore_previous(out_dir, previous)
         raise
     except Exception as e:  # noqa: BLE001 - the experiment's own bug: traceback, then one line
         traceback.print_exc()
+        _failed(out_dir, previous, _one_line(e))
         raise RunnerError(f"experiment {exp.name!r} failed: {_one_line(e)}", 1) from e
+    _drop_previous(previous)
     _log(
         f"{exp.name}: {claims_summary(metrics['claims'])} claims hold · "
         f"{metrics['wall_seconds']:.1f} s · wrote {out_dir / 'metrics.json'}"
@@ -197,7 +240,11 @@ def _cmd_reproduce(args: argparse.Namespace, signals: SignalGuard) -> int:
         entries = [e for e in entries if e.name in wanted]
     root = pathlib.Path(args.out)
     if not (args.resume or args.force):
-        busy = [str(root / e.name) for e in entries if _non_empty(root / e.name)]
+        busy = [
+            str(root / e.name)
+            for e in entries
+            if _holds_results(root / e.name) or _unfinished(root / e.name)
+        ]
         if busy:
             raise RunnerError(
                 f"{', '.join(busy)} already hold results; pass --resume to continue them or "
@@ -210,15 +257,18 @@ def _cmd_reproduce(args: argparse.Namespace, signals: SignalGuard) -> int:
     for entry in entries:
         start = time.perf_counter()
         title = entry.experiment.title if entry.experiment is not None else ""
+        previous, prepared = None, False
         try:
             if entry.experiment is None:
                 raise RunnerError(f"cannot be imported: {entry.error}")
             exp = entry.experiment
             out_dir = root / exp.name
-            _prepare_out_dir(out_dir, resume=args.resume, force=args.force)
+            cfg, _ = _configure(exp, args.scale, [])
+            previous = _prepare_out_dir(out_dir, resume=args.resume, force=args.force)
+            prepared = True
             metrics = run_experiment(
                 exp,
-                cfg=_scale_config(exp, args.scale),
+                cfg=cfg,
                 scale=args.scale,
                 seed=args.seed,
                 overrides={},
@@ -227,14 +277,20 @@ def _cmd_reproduce(args: argparse.Namespace, signals: SignalGuard) -> int:
                 checkpoint_every_s=args.checkpoint_every,
                 signals=signals,
             )
+            _drop_previous(previous)
             outcomes.append(Outcome(exp.name, title, metrics))
             _log(f"{exp.name}: {claims_summary(metrics['claims'])} claims hold")
         except Interrupted:
+            _drop_previous(previous)
             raise
         except Exception as e:  # noqa: BLE001 - reported in REPORT.md, the others still run
             if not isinstance(e, RunnerError):
                 traceback.print_exc()
             message = str(e) if isinstance(e, RunnerError) else _one_line(e)
+            if prepared and isinstance(e, RunnerError):
+                _restore_previous(root / entry.name, previous)
+            elif prepared:
+                _failed(root / entry.name, previous, message)
             outcomes.append(Outcome(entry.name, title, None, message, time.perf_counter() - start))
             _print_error(f"experiment {entry.name!r} failed: {message}")
 
@@ -294,6 +350,9 @@ def run_experiment(
         "config": to_jsonable(dataclasses.asdict(cfg), "config"),
     }
     _check_identity(out_dir, identity, resume=resume)
+    if _distributed.is_writer():
+        (out_dir / "checkpoints" / _FAILED).unlink(missing_ok=True)
+    clock = _WallClock(out_dir / "checkpoints" / "wall.json", resume=resume)
     ctx = Context(
         cfg=cfg,
         scale=scale,
@@ -303,9 +362,9 @@ def run_experiment(
         resume=resume,
         signals=signals,
     )
-    start = time.perf_counter()
-    result = exp.run(cfg, ctx)
-    wall = time.perf_counter() - start
+    with clock:
+        result = exp.run(cfg, ctx)
+    parts = clock.parts
     if not isinstance(result, Result):
         raise TypeError(f"{exp.name}.run returned a {type(result).__name__}, not a Result")
     metrics = {
@@ -319,9 +378,10 @@ def run_experiment(
         "jax_version": jax.__version__,
         "devices": _devices(),
         "num_processes": jax.process_count(),
-        "wall_seconds": wall,
+        "wall_seconds": sum(parts),
+        "wall_seconds_parts": parts,
         "metrics": to_jsonable(result.metrics, "metrics"),
-        "claims": claim_rows(result.claims),
+        "claims": claim_rows(result.claims, scale=scale),
         "figures": list(ctx.figures),
     }
     if _distributed.is_writer():
@@ -336,13 +396,6 @@ def _scale_config(exp: Experiment, scale: str) -> Any:
             f"experiment {exp.name!r} has no {scale!r} scale; it has {', '.join(exp.scales)}", 2
         )
     return exp.scales[scale]
-
-
-def _non_empty(path: pathlib.Path) -> bool:
-    try:
-        return path.is_dir() and any(path.iterdir())
-    except OSError:
-        return False
 
 
 def _agree(problem: str | None, exit_code: int = 2) -> None:
@@ -366,34 +419,172 @@ def _check_writable(directory: pathlib.Path) -> None:
     _agree(problem)
 
 
-def _prepare_out_dir(out_dir: pathlib.Path, *, resume: bool, force: bool) -> None:
-    """Refuse to overwrite results without --resume/--force; check the directory is writable."""
+def _holds_results(path: pathlib.Path) -> bool:
+    """Whether `path` holds a finished run: a metrics.json that parses and names its run."""
+    try:
+        metrics = json.loads((path / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(metrics, dict) and {"name", "scale", "claims"} <= metrics.keys()
+
+
+_FAILED = "failed.json"
+
+
+def _unfinished(path: pathlib.Path) -> bool:
+    """Checkpoints of a run that was interrupted (or killed), not of one that failed."""
+    checkpoints = path / "checkpoints"
+    return (checkpoints / "run.json").exists() and not (checkpoints / _FAILED).exists()
+
+
+def _mark_failed(out_dir: pathlib.Path, message: str) -> None:
+    """Note in the checkpoints that the run failed, so the next plain run may start over."""
+    if not _distributed.is_writer() or not (out_dir / "checkpoints").is_dir():
+        return
+    try:
+        atomic_write(out_dir / "checkpoints" / _FAILED, json.dumps({"error": message}) + "\n")
+    except OSError:
+        pass
+
+
+class _WallClock:
+    """Times the parts of a run (the first, then each `--resume`) in `checkpoints/wall.json`.
+
+    The running part's time is rewritten every few seconds, so a run killed outright still
+    counts the time it had spent; `parts` lists every part's seconds, this one last.
+    """
+
+    _PERIOD_S = 2.0
+
+    def __init__(self, path: pathlib.Path, *, resume: bool):
+        self._path = path
+        self._earlier: list[float] = []
+        if resume:
+            try:
+                saved = json.loads(path.read_text())["parts"]
+                self._earlier = [float(x) for x in saved]
+            except (OSError, ValueError, KeyError, TypeError):
+                self._earlier = []
+        self._start = time.perf_counter()
+        self._end: float | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def parts(self) -> list[float]:
+        end = self._end if self._end is not None else time.perf_counter()
+        return [*self._earlier, end - self._start]
+
+    def _save(self) -> None:
+        if not _distributed.is_writer():
+            return
+        try:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(self._path, json.dumps({"parts": self.parts}) + "\n")
+        except OSError:
+            pass  # timing is best-effort; the run itself must not fail on it
+
+    def _tick(self) -> None:
+        while not self._stop.wait(self._PERIOD_S):
+            self._save()
+
+    def __enter__(self) -> "_WallClock":
+        self._start = time.perf_counter()
+        self._save()
+        self._thread = threading.Thread(target=self._tick, name="respax-wall-clock", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._end = time.perf_counter()
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self._save()
+
+
+def _prepare_out_dir(out_dir: pathlib.Path, *, resume: bool, force: bool) -> pathlib.Path | None:
+    """Refuse to overwrite results without --resume/--force; check the directory is writable.
+
+    With --force the previous run's files are moved aside (not deleted) into a hidden folder
+    that is returned: `_drop_previous` removes it once the new run has written its results,
+    `_restore_previous` puts the old files back if the new run fails, so a failed --force run
+    loses nothing.
+    """
     problem = None
     if out_dir.exists() and not out_dir.is_dir():
         problem = f"output directory {out_dir} exists and is not a directory"
-    elif _non_empty(out_dir) and not (resume or force):
+    elif _holds_results(out_dir) and not (resume or force):
         problem = (
             f"output directory {out_dir} already holds results; pass --resume to continue them "
             "or --force to overwrite them"
         )
+    elif _unfinished(out_dir) and not (resume or force):
+        problem = (
+            f"output directory {out_dir} holds the checkpoints of an interrupted run; pass "
+            "--resume to continue it or --force to start over"
+        )
     _agree(problem)
     _check_writable(out_dir)
-    if force and not resume and _distributed.is_writer():
-        _clear_previous(out_dir)
+    previous = None
+    if _distributed.is_writer():
+        if force and not resume:
+            previous = _move_previous(out_dir)
+        elif not resume:
+            # No finished run here (else we refused above): a failed or interrupted run's
+            # checkpoints would otherwise be mixed into this fresh run's.
+            shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
     _distributed.barrier("respax-out-dir-ready")
+    return previous
 
 
-def _clear_previous(out_dir: pathlib.Path) -> None:
-    """Remove the files a previous run wrote (and only those) before overwriting it."""
+_PREVIOUS = ".previous"
+
+
+def _move_previous(out_dir: pathlib.Path) -> pathlib.Path | None:
+    """Move the files a previous run wrote (and only those) into `out_dir/.previous/`."""
     old = out_dir / "metrics.json"
     figures: list[str] = []
     try:
         figures = [f for f in json.loads(old.read_text()).get("figures", []) if "/" not in f]
     except (OSError, ValueError, AttributeError):
         pass
-    for name in ["metrics.json", "report.md", *figures]:
-        (out_dir / name).unlink(missing_ok=True)
-    shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
+    names = [n for n in ["metrics.json", "report.md", "checkpoints", *figures] if n != _PREVIOUS]
+    present = [n for n in names if (out_dir / n).exists()]
+    if not present:
+        return None
+    stash = out_dir / _PREVIOUS
+    shutil.rmtree(stash, ignore_errors=True)  # left by a run that died before cleaning up
+    stash.mkdir()
+    for name in present:
+        os.replace(out_dir / name, stash / name)
+    return stash
+
+
+def _restore_previous(out_dir: pathlib.Path, stash: pathlib.Path | None) -> None:
+    """Put the previous run's files back after a failed --force run (writer only)."""
+    if stash is None or not _distributed.is_writer() or not stash.is_dir():
+        return
+    for item in stash.iterdir():
+        target = out_dir / item.name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        os.replace(item, target)
+    stash.rmdir()
+    print(f"restored the previous results in {out_dir}", file=sys.stderr, flush=True)
+
+
+def _failed(out_dir: pathlib.Path, stash: pathlib.Path | None, message: str) -> None:
+    """After a failed run: the previous results back if --force moved them, else a marker."""
+    if stash is not None:
+        _restore_previous(out_dir, stash)
+    else:
+        _mark_failed(out_dir, message)
+
+
+def _drop_previous(stash: pathlib.Path | None) -> None:
+    if stash is not None and _distributed.is_writer():
+        shutil.rmtree(stash, ignore_errors=True)
 
 
 def _check_identity(out_dir: pathlib.Path, identity: dict[str, Any], *, resume: bool) -> None:

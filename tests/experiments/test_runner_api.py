@@ -183,7 +183,8 @@ def test_existing_results_need_resume_or_force(capsys, tmp_path):
 
 def test_reproduce_refuses_existing_results_and_unknown_names(capsys, tmp_path):
     (tmp_path / "toy").mkdir()
-    (tmp_path / "toy" / "metrics.json").write_text("{}")
+    finished = {"name": "toy", "scale": "quick", "claims": []}
+    (tmp_path / "toy" / "metrics.json").write_text(json.dumps(finished))
     code, _, err = _run(capsys, "reproduce", "--out", str(tmp_path), "--only", "toy")
     assert code == 2
     assert _error_line(err) == (

@@ -176,6 +176,10 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, reference, how):
     assert f"resuming loop 'train' at step {step}/24" in resumed.stdout
     assert "stage 'data' loaded from its checkpoint" in resumed.stdout
     metrics = _metrics(out)
+    # The wall time counts the interrupted part and the resumed one.
+    assert len(metrics["wall_seconds_parts"]) == 2
+    assert metrics["wall_seconds"] == pytest.approx(sum(metrics["wall_seconds_parts"]))
+    assert f"{metrics['wall_seconds']:.1f} s in 2 parts" in (out / "report.md").read_text()
     assert metrics["metrics"] == reference["metrics"]["metrics"]  # exactly
     assert metrics["claims"] == reference["metrics"]["claims"]
 
