@@ -16,8 +16,14 @@ $(BOOT)/bin/uv:
 sync: $(if $(findstring $(BOOT),$(UV)),$(BOOT)/bin/uv)
 	$(UV) sync --locked
 
+# Ends by refreshing README.md's results table from the REPORT.md just written; REPORT.md is
+# written when an experiment fails too (exit 1), so the table is refreshed then as well, and the
+# exit status stays the reproduce's.
 demo: sync
-	$(UV) run --locked --no-sync python -m experiments reproduce --scale $(SCALE) --force
+	@status=0; $(UV) run --locked --no-sync python -m experiments reproduce --scale $(SCALE) \
+	  --force || status=$$?; \
+	if [ $$status -le 1 ]; then $(UV) run --locked --no-sync python -m experiments.readme || \
+	  status=$$?; fi; exit $$status
 
 # Copy the claims tables of results/REPORT.md into README.md's results section.
 readme: sync
@@ -39,10 +45,11 @@ lint: sync
 bench-env: sync
 	bash benchmarks/make_envs.sh
 
-# Every benchmark with --quick (peers of the `bench` group in-process, the others through
-# .bench-envs); each refreshes its section of benchmarks/RESULTS.md and writes results/bench/*.json.
+# Every benchmarks/*.py script (not the `_` helper modules) with --quick (peers of the `bench`
+# group in-process, the others through .bench-envs); each refreshes its section of
+# benchmarks/RESULTS.md and writes results/bench/*.json. A missing peer stops it (exit 3).
 bench: bench-env
-	@set -e; for b in benchmarks/*_vs_*.py; do \
+	@set -e; for b in benchmarks/[!_]*.py; do \
 	  name=$$(basename $$b .py); echo "== $$name"; \
 	  $(UV) run --locked --group bench python $$b --quick --json results/bench/$$name.json; \
 	done

@@ -2,17 +2,60 @@
 the RESULTS.md section refresh."""
 
 import datetime
+import importlib.util
 import json
 import os
 import platform
 import re
 import statistics
+import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import NoReturn
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
+ROOT = Path(__file__).resolve().parents[1]
+
+# Exit status of a benchmark whose peer is missing (distinct from a crash's 1 and usage's 2).
+PEER_MISSING = 3
+
+
+def bench_group_command(script: str | os.PathLike) -> str:
+    """How to run `script` with the in-process peers of the `bench` dependency group."""
+    return f"uv run --group bench python benchmarks/{Path(script).name} --quick"
+
+
+BENCH_ENV_COMMAND = "make bench-env"
+
+
+def peer_missing(peer: str, install: str) -> NoReturn:
+    """Print which peer is missing and the command that installs it, then exit `PEER_MISSING`.
+
+    A benchmark exists to compare with its peer: without it the ratios would be null, which
+    must not pass for a result (`make bench` stops; `--ours-only` times ours alone on purpose).
+    """
+    print(
+        f"error: the peer {peer} is not installed; install it with `{install}` "
+        "(or pass --ours-only to time ours alone)",
+        file=sys.stderr,
+        flush=True,
+    )
+    raise SystemExit(PEER_MISSING)
+
+
+def require_modules(peer: str, modules: Iterable[str], install: str) -> None:
+    """`peer_missing` unless every module in `modules` can be imported in this environment."""
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        peer_missing(f"{peer} (module {', '.join(missing)})", install)
+
+
+def require_python(peer: str, python: Path, install: str = BENCH_ENV_COMMAND) -> None:
+    """`peer_missing` unless the peer's pinned environment (its interpreter) exists."""
+    if not Path(python).exists():
+        peer_missing(f"{peer} (no environment at {python})", install)
 
 
 def machine() -> str:

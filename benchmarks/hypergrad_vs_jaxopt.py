@@ -15,7 +15,8 @@ search) differentiated through `custom_root` with CG (tol 1e-10) and with its de
 optimistix = BFGS(rtol=atol=1e-10) + ImplicitAdjoint(lineax CG 1e-10). First call = trace +
 compile + run of ours, in a process where no other program of ours at D=1000 has been compiled.
 
-Usage: python benchmarks/hypergrad_vs_jaxopt.py [--quick] [--json PATH]
+Usage: python benchmarks/hypergrad_vs_jaxopt.py [--quick] [--json PATH] [--ours-only]
+(the peers come from the `bench` dependency group; without them it exits 3 and prints the command)
 """
 
 import argparse
@@ -27,6 +28,7 @@ import statistics
 import sys
 import time
 import warnings
+from pathlib import Path
 
 import jax
 
@@ -47,6 +49,9 @@ from respax.implicit_diff import (  # noqa: E402
     implicit_argmin,
     solve_inner,
 )
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402
 
 TOL = 1e-10
 MAX_STEPS = 500
@@ -303,7 +308,14 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", default=None)
+    parser.add_argument(
+        "--ours-only", action="store_true", help="time ours alone (the peer figures are null)"
+    )
     args = parser.parse_args(argv)
+    if not args.ours_only:
+        _common.require_modules(
+            "jaxopt / optimistix", ("jaxopt", "optimistix"), _common.bench_group_command(__file__)
+        )
     repeats = 15 if args.quick else 30
     first_call, first_call_parts = measure_first_call()
 

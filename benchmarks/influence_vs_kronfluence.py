@@ -18,8 +18,9 @@ Reported:
   damping 1e-5 and 1e-3;
 - refit agreement: Pearson of the flattened scores of two independent factor fits (damping 1e-3).
 
-kronfluence runs in `.bench-envs/kronfluence` (`make bench-env`); without it the peer columns are
-reported as missing. `--quick` (< 3 minutes) uses 3 reps, the default 5.
+kronfluence runs in `.bench-envs/kronfluence` (`make bench-env`); without it the script exits 3
+and prints that command, unless `--no-peer` / `--ours-only` ask for ours alone.
+`--quick` (< 3 minutes) uses 3 reps, the default 5.
 """
 
 import argparse
@@ -141,6 +142,8 @@ def main():
         help="skip kronfluence and the RESULTS.md update (the oracle still runs)",
     )
     args = ap.parse_args()
+    if not (args.no_peer or args.ours_only):
+        _common.require_python("kronfluence", PEER_PY)
     reps = args.reps or (3 if args.quick else 5)
     load_at_start = os.getloadavg()[0]
 

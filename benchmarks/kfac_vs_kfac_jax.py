@@ -9,7 +9,8 @@ backward, Monte-Carlo Fisher with one label per example), update and parameter u
 
 Ours runs on the locked JAX in this process. kfac-jax 0.0.8 needs jax==0.9.1, so it runs as a
 subprocess in the pinned environment `.bench-envs/kfac_jax` (`make bench-env`, or
-`bash benchmarks/envs/kfac_jax/setup.sh`); without it its keys are null.
+`bash benchmarks/envs/kfac_jax/setup.sh`); without it the script exits 3 and prints that
+command, unless `--ours-only` asks for ours alone (its keys are then null).
 
 The median ratio is taken over every timed iteration; the inverse refresh (every 5th step) falls
 outside it, so the mean ratio (refresh steps included) is reported beside it.
@@ -44,6 +45,9 @@ import optax  # noqa: E402
 
 from respax.core import SoftmaxCrossEntropy  # noqa: E402
 from respax.curvature import KFACConfig, capture_layers, kfac, kfac_stats  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PEER_PYTHON = ROOT / ".bench-envs" / "kfac_jax" / "bin" / "python"
@@ -167,6 +171,8 @@ def main(argv=None):
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
     parser.add_argument("--ours-only", action="store_true", help="skip the kfac-jax subprocess")
     args = parser.parse_args(argv)
+    if not args.ours_only:
+        _common.require_python("kfac-jax", PEER_PYTHON)
     warmup, steps = (10, 50) if args.quick else (10, 200)
 
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None

@@ -1,0 +1,54 @@
+"""The Makefile's demo and bench targets, with `uv` replaced by a recorder (nothing is run):
+`make demo` ends by refreshing the README results table, `make bench` runs every benchmark."""
+
+import os
+import pathlib
+import shutil
+import subprocess
+
+import pytest
+
+_REPO = pathlib.Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+
+
+def _make(tmp_path, target, reproduce_status=0):
+    log = tmp_path / "calls.txt"
+    fake = tmp_path / "uv.sh"
+    # Records each call; the `reproduce` call exits with the requested status.
+    fake.write_text(
+        f'echo "$*" >> {log}\ncase "$*" in *reproduce*) exit {reproduce_status};; esac\nexit 0\n'
+    )
+    proc = subprocess.run(
+        ["make", "-s", "-o", "sync", "-o", "bench-env", f"UV=sh {fake}", target],
+        cwd=_REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={k: v for k, v in os.environ.items() if not k.startswith("MAKE")},
+    )
+    calls = log.read_text().splitlines() if log.exists() else []
+    return proc, calls
+
+
+@pytest.mark.parametrize("status, refreshed", [(0, True), (1, True), (2, False)])
+def test_demo_ends_by_refreshing_the_readme(tmp_path, status, refreshed):
+    proc, calls = _make(tmp_path, "demo", status)
+    assert proc.returncode == (0 if status == 0 else 2), proc.stderr  # make reports failure as 2
+    assert "python -m experiments reproduce --scale quick --force" in calls[0]
+    assert ("python -m experiments.readme" in calls[-1]) is refreshed
+    assert len(calls) == (2 if refreshed else 1)
+
+
+def test_bench_runs_every_benchmark_script(tmp_path):
+    proc, calls = _make(tmp_path, "bench")
+    assert proc.returncode == 0, proc.stderr
+    scripts = sorted(
+        p.name for p in (_REPO / "benchmarks").glob("*.py") if not p.name.startswith("_")
+    )
+    assert scripts, "no benchmark scripts"
+    ran = sorted(c.split("python benchmarks/")[1].split()[0] for c in calls)
+    assert ran == scripts
+    for call in calls:
+        assert "--group bench" in call and "--quick" in call and "--json results/bench/" in call
