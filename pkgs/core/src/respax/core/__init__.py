@@ -15,6 +15,16 @@ from ._errors import (
     check_positive_int as check_positive_int,
     check_same_structure as check_same_structure,
 )
+from ._estimators import (
+    LanczosResult as LanczosResult,
+    PowerIterationResult as PowerIterationResult,
+    TraceEstimate as TraceEstimate,
+    hutchinson_diagonal as hutchinson_diagonal,
+    hutchinson_trace as hutchinson_trace,
+    hutchpp_trace as hutchpp_trace,
+    lanczos_top_k as lanczos_top_k,
+    power_iteration as power_iteration,
+)
 from ._losses import (
     BernoulliLoss as BernoulliLoss,
     GaussianLoss as GaussianLoss,

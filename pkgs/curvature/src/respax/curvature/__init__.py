@@ -3,7 +3,9 @@
 - Curvature-vector products as lineax operators for the model/output-loss contract:
   `hessian_operator`, `ggn_operator`, `fisher_operator` (exact or Monte-Carlo),
   `empirical_fisher_operator`.
-- Estimators: `hutchinson_trace`, `hutchpp_trace`, `hutchinson_diagonal`, `lanczos_top_k`.
+- Estimators, re-exported from `respax.core` (the same objects): `hutchinson_trace`,
+  `hutchpp_trace` (both return a `TraceEstimate` with a standard error), `hutchinson_diagonal`,
+  `lanczos_top_k`, `power_iteration`.
 - Layer capture without jaxpr matching: `capture_layers` -> `CapturePlan` (with a coverage
   `report()`), the one-pass statistics helper `kfac_stats`, and `tap_layers` (per-example layer
   inputs and output cotangents, for rank-one per-example gradient products).
@@ -11,6 +13,19 @@
 - Kronecker factors as pytrees: `KFACFactors`, `fit_kfac_factors`, `EKFACFactors`, `fit_ekfac`,
   `damped_inverse`.
 """
+
+from importlib.metadata import version as _version
+
+from respax.core import (
+    LanczosResult as LanczosResult,
+    PowerIterationResult as PowerIterationResult,
+    TraceEstimate as TraceEstimate,
+    hutchinson_diagonal as hutchinson_diagonal,
+    hutchinson_trace as hutchinson_trace,
+    hutchpp_trace as hutchpp_trace,
+    lanczos_top_k as lanczos_top_k,
+    power_iteration as power_iteration,
+)
 
 from ._capture import (
     CapturePlan as CapturePlan,
@@ -21,13 +36,6 @@ from ._capture import (
     layer_to_matrix as layer_to_matrix,
     matrix_to_layer as matrix_to_layer,
     tap_layers as tap_layers,
-)
-from ._estimators import (
-    LanczosResult as LanczosResult,
-    hutchinson_diagonal as hutchinson_diagonal,
-    hutchinson_trace as hutchinson_trace,
-    hutchpp_trace as hutchpp_trace,
-    lanczos_top_k as lanczos_top_k,
 )
 from ._factors import (
     EKFACFactors as EKFACFactors,
@@ -50,3 +58,5 @@ from ._products import (
     hessian_operator as hessian_operator,
     split_params as split_params,
 )
+
+__version__ = _version("respax-curvature")

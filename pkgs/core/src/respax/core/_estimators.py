@@ -1,5 +1,9 @@
-"""Matrix-free estimators on symmetric operators over pytrees: trace (Hutchinson, Hutch++), diagonal
-(Hutchinson) and the top eigenvalues (Lanczos with full reorthogonalisation)."""
+"""Matrix-free estimators on symmetric operators over pytrees: trace (Hutchinson, Hutch++, each with
+its standard error), diagonal (Hutchinson), the top eigenvalues (Lanczos with full
+reorthogonalisation) and the dominant eigenpair (power iteration).
+
+Each takes a lineax operator, or a plain matvec function `v -> A v` together with `like` (a pytree
+with the vectors' structure). Randomness comes from the keyword-only, required `key`."""
 
 from typing import Any, Literal, NamedTuple
 
@@ -7,17 +11,41 @@ import jax
 import jax.numpy as jnp
 import lineax as lx
 from jax.flatten_util import ravel_pytree
-from jaxtyping import Array, Float, PRNGKeyArray
+from jaxtyping import Array, Float, Int, PRNGKeyArray
 
-from respax.core import Operator, Scalar, Vector, check_positive_int
+from ._custom_types import Operator, Scalar, Vector
+from ._errors import check_positive_int
 
 __all__ = [
     "LanczosResult",
+    "PowerIterationResult",
+    "TraceEstimate",
     "hutchinson_diagonal",
     "hutchinson_trace",
     "hutchpp_trace",
     "lanczos_top_k",
+    "power_iteration",
 ]
+
+
+class TraceEstimate(NamedTuple):
+    """A stochastic trace estimate and its standard error.
+
+    `standard_error` is the sample standard deviation of the per-probe estimates over the square
+    root of their number (NaN with a single probe, where it cannot be estimated); for Hutch++ it is
+    that of the Hutchinson part, the sketched part being exact.
+    """
+
+    value: Scalar  # the estimate of tr(A)
+    standard_error: Scalar  # std(per-probe estimates, ddof=1) / sqrt(number of probes)
+
+
+def _mean_and_standard_error(samples: Float[Array, " m"]) -> TraceEstimate:
+    m = samples.shape[0]
+    value = jnp.mean(samples)
+    if m == 1:
+        return TraceEstimate(value, jnp.full((), jnp.nan, samples.dtype))
+    return TraceEstimate(value, jnp.std(samples, ddof=1) / jnp.sqrt(jnp.asarray(m, samples.dtype)))
 
 
 def _flat_matvec(operator: Operator, like: Any):
@@ -56,45 +84,52 @@ def _probes(key, shape, dtype, distribution):
 
 def hutchinson_trace(
     operator: Operator,
-    key: PRNGKeyArray,
     *,
+    key: PRNGKeyArray,
     num_samples: int,
     distribution: Literal["rademacher", "normal"] = "rademacher",
     like: Any = None,
-) -> Scalar:
-    """Hutchinson's unbiased trace estimate `(1/m) sum_i z_i^T A z_i`.
+) -> TraceEstimate:
+    """Hutchinson's unbiased trace estimate `(1/m) sum_i z_i^T A z_i`, with its standard error.
+
+    The probes are the rows of `jax.random.rademacher(key, (m, n))` (or `jax.random.normal`) on
+    the flattened vectors, `n` being the dimension.
 
     Args:
         operator: a lineax operator (or a matvec function with `like`).
         key: PRNG key for the probes.
-        num_samples: m, the number of matvecs.
-        distribution: probe distribution; Rademacher probes give the exact trace of a diagonal A.
+        num_samples: m, the number of probes (= matvecs).
+        distribution: probe distribution; Rademacher probes give the exact trace of a diagonal A
+            (with standard error 0).
         like: a pytree with the vectors' structure, needed only for a plain matvec function.
 
     Returns:
-        The estimate, a scalar.
+        A `TraceEstimate(value, standard_error)`; the standard error is
+        `std(z_i^T A z_i, ddof=1) / sqrt(m)` (NaN when `m == 1`).
 
     Example:
         >>> import jax, jax.numpy as jnp
         >>> A = jnp.diag(jnp.arange(1.0, 5.0))
-        >>> hutchinson_trace(lambda v: A @ v, jax.random.key(0), num_samples=3, like=jnp.ones(4))
-        Array(10., dtype=float32)
+        >>> t = hutchinson_trace(lambda v: A @ v, key=jax.random.key(0), num_samples=3,
+        ...                      like=jnp.ones(4))
+        >>> float(t.value), float(t.standard_error)
+        (10.0, 0.0)
     """
     check_positive_int("num_samples", num_samples)
     mv, n, dtype, _ = _flat_matvec(operator, like)
     z = _probes(key, (num_samples, n), dtype, distribution)
     az = jax.lax.map(mv, z)
-    return jnp.mean(jnp.sum(z * az, axis=1))
+    return _mean_and_standard_error(jnp.sum(z * az, axis=1))
 
 
 def hutchpp_trace(
     operator: Operator,
-    key: PRNGKeyArray,
     *,
+    key: PRNGKeyArray,
     num_matvecs: int,
     distribution: Literal["rademacher", "normal"] = "rademacher",
     like: Any = None,
-) -> Scalar:
+) -> TraceEstimate:
     """Hutch++ (Meyer et al. 2021): exact trace on a low-rank sketch plus Hutchinson on the rest.
 
     Uses `num_matvecs` matvecs: a third to sketch `Q = orth(A S)`, a third for `tr(Q^T A Q)` and the
@@ -109,14 +144,17 @@ def hutchpp_trace(
         like: see `hutchinson_trace`.
 
     Returns:
-        The estimate, a scalar.
+        A `TraceEstimate`; its standard error is the Hutchinson part's, over its
+        `num_matvecs - 2 * (num_matvecs // 3)` probes (NaN for a single probe), the sketched part
+        `tr(Q^T A Q)` being exact.
 
     Example:
         >>> import jax, jax.numpy as jnp
         >>> A = jnp.array([[2.0, 1.0], [1.0, 3.0]])
-        >>> t = hutchpp_trace(lambda v: A @ v, jax.random.key(0), num_matvecs=6, like=jnp.ones(2))
-        >>> round(float(t), 4)
-        5.0
+        >>> t = hutchpp_trace(lambda v: A @ v, key=jax.random.key(0), num_matvecs=6,
+        ...                   like=jnp.ones(2))
+        >>> round(float(t.value), 4), round(float(t.standard_error), 4)
+        (5.0, 0.0)
     """
     check_positive_int("num_matvecs", num_matvecs)
     if num_matvecs < 3:
@@ -134,24 +172,35 @@ def hutchpp_trace(
     g = g - (g @ q) @ q.T
     ag = jax.lax.map(mv, g)
     ag = ag - (ag @ q) @ q.T
-    t_rest = jnp.sum(g * ag) / m
-    return t_low + t_rest
+    rest = _mean_and_standard_error(jnp.sum(g * ag, axis=1))
+    return TraceEstimate(t_low + rest.value, rest.standard_error)
 
 
 def hutchinson_diagonal(
     operator: Operator,
-    key: PRNGKeyArray,
     *,
+    key: PRNGKeyArray,
     num_samples: int,
     distribution: Literal["rademacher", "normal"] = "rademacher",
     like: Any = None,
 ) -> Vector:
     """Hutchinson's unbiased diagonal estimate `(1/m) sum_i z_i * (A z_i)`, as a pytree.
 
+    Args:
+        operator: a lineax operator (or a matvec function with `like`).
+        key: PRNG key for the probes (drawn as in `hutchinson_trace`).
+        num_samples: m, the number of probes (= matvecs).
+        distribution: probe distribution; Rademacher probes are exact for a diagonal A.
+        like: see `hutchinson_trace`.
+
+    Returns:
+        The estimated diagonal, a pytree with the vectors' structure.
+
     Example:
         >>> import jax, jax.numpy as jnp
         >>> A = jnp.diag(jnp.array([1.0, 2.0]))
-        >>> hutchinson_diagonal(lambda v: A @ v, jax.random.key(0), num_samples=2, like=jnp.ones(2))
+        >>> hutchinson_diagonal(lambda v: A @ v, key=jax.random.key(0), num_samples=2,
+        ...                     like=jnp.ones(2))
         Array([1., 2.], dtype=float32)
     """
     check_positive_int("num_samples", num_samples)
@@ -171,8 +220,8 @@ class LanczosResult(NamedTuple):
 
 def lanczos_top_k(
     operator: Operator,
-    key: PRNGKeyArray,
     *,
+    key: PRNGKeyArray,
     k: int,
     num_iterations: int,
     like: Any = None,
@@ -196,7 +245,7 @@ def lanczos_top_k(
     Example:
         >>> import jax, jax.numpy as jnp
         >>> A = jnp.diag(jnp.array([1.0, 5.0, 3.0]))
-        >>> r = lanczos_top_k(lambda v: A @ v, jax.random.key(0), k=2, num_iterations=3,
+        >>> r = lanczos_top_k(lambda v: A @ v, key=jax.random.key(0), k=2, num_iterations=3,
         ...                   like=jnp.ones(3))
         >>> [round(float(x), 3) for x in r.eigenvalues]
         [5.0, 3.0]
@@ -250,3 +299,56 @@ def lanczos_top_k(
     vecs = (basis.T @ evecs[:, order]).T  # (k, n)
     vecs = vecs / jnp.linalg.norm(vecs, axis=1, keepdims=True)
     return LanczosResult(evals[order], jax.vmap(unravel)(vecs), t)
+
+
+class PowerIterationResult(NamedTuple):
+    """The dominant eigenpair from power iteration."""
+
+    eigenvalue: Scalar  # the Rayleigh quotient v^T A v of the final unit vector (signed)
+    eigenvector: Vector  # unit norm, with the vectors' structure
+    num_matvecs: Int[Array, ""]  # max_steps + 1 (the last one for the Rayleigh quotient)
+
+
+def power_iteration(
+    operator: Operator,
+    *,
+    key: PRNGKeyArray,
+    max_steps: int,
+    like: Any = None,
+) -> PowerIterationResult:
+    """The eigenvalue of largest magnitude of a symmetric operator, by power iteration.
+
+    Starts from `jax.random.normal(key, (n,))` on the flattened vectors (normalised), applies
+    `v <- A v / ||A v||` `max_steps` times and returns the Rayleigh quotient `v^T A v` of the final
+    vector, so the eigenvalue keeps its sign. The error decays like `|lambda_2 / lambda_1|^steps`;
+    with two dominant eigenvalues of equal magnitude and opposite sign it does not converge.
+
+    Args:
+        operator: a symmetric lineax operator (or a matvec function with `like`).
+        key: PRNG key for the start vector.
+        max_steps: the number of power steps, >= 1 (the result costs `max_steps + 1` matvecs).
+        like: see `hutchinson_trace`.
+
+    Returns:
+        A `PowerIterationResult(eigenvalue, eigenvector, num_matvecs)`.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> A = jnp.diag(jnp.array([1.0, -4.0, 2.0]))
+        >>> r = power_iteration(lambda v: A @ v, key=jax.random.key(0), max_steps=40,
+        ...                     like=jnp.ones(3))
+        >>> round(float(r.eigenvalue), 4), int(r.num_matvecs)
+        (-4.0, 41)
+    """
+    check_positive_int("max_steps", max_steps)
+    mv, n, dtype, unravel = _flat_matvec(operator, like)
+    v0 = jax.random.normal(key, (n,), dtype)
+    tiny = jnp.finfo(dtype).tiny
+
+    def step(v, _):
+        w = mv(v)
+        return w / (jnp.linalg.norm(w) + tiny), None
+
+    v, _ = jax.lax.scan(step, v0 / jnp.linalg.norm(v0), None, length=max_steps)
+    eigenvalue = jnp.vdot(v, mv(v))
+    return PowerIterationResult(eigenvalue, unravel(v), jnp.asarray(max_steps + 1))
