@@ -8,6 +8,25 @@ from experiments._api import (
     Context as Context,
     Experiment as Experiment,
     Result as Result,
+    Selection as Selection,
+    grid as grid,
+    population_loop as population_loop,
+    population_map as population_map,
+    population_size as population_size,
+    select_best as select_best,
+    ungrid as ungrid,
 )
 
-__all__ = ["Claim", "Context", "Experiment", "Result"]
+__all__ = [
+    "Claim",
+    "Context",
+    "Experiment",
+    "Result",
+    "Selection",
+    "grid",
+    "population_loop",
+    "population_map",
+    "population_size",
+    "select_best",
+    "ungrid",
+]

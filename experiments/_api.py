@@ -11,8 +11,29 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from experiments._context import Context
+from experiments._population import (
+    Selection,
+    grid,
+    population_loop,
+    population_map,
+    population_size,
+    select_best,
+    ungrid,
+)
 
-__all__ = ["Claim", "Context", "Experiment", "Result"]
+__all__ = [
+    "Claim",
+    "Context",
+    "Experiment",
+    "Result",
+    "Selection",
+    "grid",
+    "population_loop",
+    "population_map",
+    "population_size",
+    "select_best",
+    "ungrid",
+]
 
 
 @dataclasses.dataclass(frozen=True)

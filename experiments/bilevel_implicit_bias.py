@@ -33,7 +33,16 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from experiments._api import Claim, Experiment, Result
+from experiments._api import (
+    Claim,
+    Experiment,
+    Result,
+    grid,
+    population_map,
+    population_size,
+    select_best,
+    ungrid,
+)
 from experiments._data import load_mnist_labeled
 from respax.implicit_diff import (
     BilevelConfig,
@@ -310,8 +319,8 @@ def _tail_mean(trace):
     return jnp.mean(trace[-max(1, trace.shape[-1] // 10) :])
 
 
-def _distill_program(cfg: Config, ipc: int, dim: int, terms: int):
-    """One jitted program: cold and warm start for every (outer lr, seed), vmapped."""
+def _distill_member(cfg: Config, ipc: int, dim: int, terms: int):
+    """`one(rand, outer_lr, data)`: cold and warm start for one (outer lr, seed) member."""
     unflatten, loss, accuracy = _mlp(cfg.hidden, dim)
     y_syn = jnp.repeat(jnp.arange(10), ipc)
     inner_opt = optax.sgd(cfg.dd_inner_lr)
@@ -372,41 +381,36 @@ def _distill_program(cfg: Config, ipc: int, dim: int, terms: int):
             "warm_image_change": jnp.linalg.norm(u_warm - u0) / jnp.linalg.norm(u0),
         }
 
-    return _grid_program(one)
+    return one
 
 
-def _grid_program(one):
-    """jit(vmap) of `one(rand, outer_lr, data)` over every (outer lr, seed) pair, flattened into one
-    batch axis (one vmap compiles faster than two nested ones); results get axes (lr, seed)."""
-
-    @jax.jit
-    def program(rand, outer_lrs, data):
-        n_lr, n_seed = outer_lrs.shape[0], rand["u0"].shape[0]
-        tile = lambda v: jnp.tile(v, (n_lr,) + (1,) * (v.ndim - 1))
-        flat_lrs = jnp.repeat(outer_lrs, n_seed)
-        out = jax.vmap(one, (0, 0, None))(jax.tree.map(tile, rand), flat_lrs, data)
-        return jax.tree.map(lambda v: v.reshape((n_lr, n_seed) + v.shape[1:]), out)
-
-    return program
-
-
-def _select(results: dict, method: str) -> tuple[int, dict]:
-    """The outer lr with the lowest mean final outer loss, and that lr's per-seed results."""
-    idx = int(np.argmin(np.asarray(results[f"{method}_outer_loss"]).mean(axis=1)))
-    return idx, {k: np.asarray(v)[idx] for k, v in results.items()}
+def _grid_run(ctx, one, outer_lrs, rand: dict, data) -> dict:
+    """`one(rand, outer_lr, data)` for every (outer lr, seed) pair: one vmapped population (one
+    vmap compiles faster than two nested ones), sharded over the devices; results get axes
+    (lr, seed)."""
+    lrs, seeds = grid(np.asarray(outer_lrs, np.float32), rand)
+    flat = population_map(
+        ctx,
+        lambda m, data: one(m["rand"], m["outer_lr"], data),
+        {"rand": seeds, "outer_lr": lrs},
+        data,
+    )
+    return ungrid(flat, (len(outer_lrs), population_size(rand)))
 
 
-def _run_distill(cfg: Config, seed: int, ipc: int, terms: int) -> dict:
+def _run_distill(ctx, cfg: Config, seed: int, ipc: int, terms: int) -> dict:
     data = _dataset(cfg, seed)
     dim = data["xtr"].shape[1]
     data = tuple(jnp.asarray(data[k]) for k in ("xtr", "ytr", "xte", "yte"))
     # The same images and inits for every hypergradient: only the approximation differs.
     rand = _seed_inputs(cfg, 1000 * seed + ipc, 10 * ipc, dim)
-    raw = _distill_program(cfg, ipc, dim, terms)(rand, jnp.asarray(cfg.dd_outer_lrs), data)
-    raw = jax.tree.map(np.asarray, raw)
+    one = _distill_member(cfg, ipc, dim, terms)
+    raw = _grid_run(ctx, one, cfg.dd_outer_lrs, rand, data)
     out = {"outer_lrs": np.asarray(cfg.dd_outer_lrs)}
     for method in ("cold", "warm"):
-        idx, sel = _select(raw, method)
+        # The outer lr with the lowest mean final outer loss (the training loss), per method.
+        selection = select_best(raw, f"{method}_outer_loss")
+        idx, sel = selection.index, selection.best
         out[method] = {
             "outer_lr": cfg.dd_outer_lrs[idx],
             "outer_loss_by_lr": raw[f"{method}_outer_loss"].mean(axis=1),
@@ -425,13 +429,14 @@ def _run_distill(cfg: Config, seed: int, ipc: int, terms: int) -> dict:
     return out
 
 
-def _oned_program(cfg: Config, dim: int):
-    """One jitted program: warm start with a 1-D outer parameter for every (outer lr, seed)."""
+def _oned_member(cfg: Config, dim: int):
+    """`one(rand, outer_lr, data)`: warm start with a 1-D outer parameter for one (outer lr,
+    seed) member, and the grid of u the fresh models are evaluated on."""
     unflatten, loss, accuracy = _mlp(cfg.hidden, dim)
     m, width = cfg.oned_ring, cfg.oned_width
     y_syn = jnp.arange(10)
     inner_opt = optax.sgd(cfg.inner_lr)
-    grid = jnp.arange(0.0, m, 0.5)
+    u_grid = jnp.arange(0.0, m, 0.5)
 
     def one(rand, outer_lr, data):
         xtr, ytr, xte, yte, ring = data  # ring: (10, m, dim), m real training images per class
@@ -456,7 +461,7 @@ def _oned_program(cfg: Config, dim: int):
             return state, (state.outer_params[0], history.outer_loss[0])
 
         state, (u_trace, loss_trace) = jax.lax.scan(step, state, None, length=cfg.oned_outer_steps)
-        us = jnp.concatenate([state.outer_params, grid])[:, None]  # final u, then the grid
+        us = jnp.concatenate([state.outer_params, u_grid])[:, None]  # final u, then the grid
         acc = _trained_accuracies(
             cfg,
             dim,
@@ -484,10 +489,10 @@ def _oned_program(cfg: Config, dim: int):
             "outer_loss_trace": loss_trace,
         }
 
-    return _grid_program(one), grid
+    return one, u_grid
 
 
-def _run_oned(cfg: Config, seed: int) -> dict:
+def _run_oned(ctx, cfg: Config, seed: int) -> dict:
     data = _dataset(cfg, seed)
     dim = data["xtr"].shape[1]
     ytr = data["ytr"]
@@ -499,11 +504,11 @@ def _run_oned(cfg: Config, seed: int) -> dict:
         )
     ring = np.stack([data["xtr"][np.nonzero(ytr == c)[0][: cfg.oned_ring]] for c in range(10)])
     args = tuple(jnp.asarray(data[k]) for k in ("xtr", "ytr", "xte", "yte")) + (jnp.asarray(ring),)
-    program, grid = _oned_program(cfg, dim)
+    one, u_grid = _oned_member(cfg, dim)
     rand = _seed_inputs(cfg, 1000 * seed + 7, 0, dim)
-    raw = jax.tree.map(np.asarray, program(rand, jnp.asarray(cfg.oned_outer_lrs), args))
-    idx = int(np.argmin(raw["outer_loss"].mean(axis=1)))
-    sel = {k: v[idx] for k, v in raw.items()}
+    raw = _grid_run(ctx, one, cfg.oned_outer_lrs, rand, args)
+    selection = select_best(raw, "outer_loss")
+    idx, sel = selection.index, selection.best
     m = cfg.oned_ring
     visited = [len(np.unique(np.round(u).astype(int) % m)) for u in sel["u_trace"]]
     # The first outer step after which u stays within half a ring position of its final value.
@@ -521,7 +526,7 @@ def _run_oned(cfg: Config, seed: int) -> dict:
         "u_final": sel["u_trace"][:, -1],
         "positions_visited": np.asarray(visited),
         "settled_step": np.asarray(settled),
-        "grid": np.asarray(grid),
+        "grid": np.asarray(u_grid),
         "grid_accuracy": sel["grid_accuracy"].mean(axis=0),
         "u_trace": sel["u_trace"][0],
         "outer_loss_trace": sel["outer_loss_trace"].mean(axis=0),
@@ -638,7 +643,7 @@ def run(cfg: Config, ctx) -> Result:
                 f"{cfg.seeds} seeds"
             )
             distill[f"{ipc}/class, K={k}"] = ctx.stage(
-                f"distill_{ipc}_K{k}", lambda ipc=ipc, k=k: _run_distill(cfg, seed, ipc, k)
+                f"distill_{ipc}_K{k}", lambda ipc=ipc, k=k: _run_distill(ctx, cfg, seed, ipc, k)
             )
     edge = {}
     if cfg.dd_edge_inner_lr is not None:
@@ -646,10 +651,10 @@ def run(cfg: Config, ctx) -> Result:
         ctx.log(f"stage 2/3: dataset distillation diagnostic, inner lr {lr}")
         edge_cfg = dataclasses.replace(cfg, dd_inner_lr=lr)
         edge[f"{ipc}/class, K={k}, inner lr {lr}"] = ctx.stage(
-            f"distill_{ipc}_K{k}_lr{lr}", lambda: _run_distill(edge_cfg, seed, ipc, k)
+            f"distill_{ipc}_K{k}_lr{lr}", lambda: _run_distill(ctx, edge_cfg, seed, ipc, k)
         )
     ctx.log(f"stage 3/3: 1-D outer parameter, {cfg.seeds} seeds")
-    oned = ctx.stage("oned", lambda: _run_oned(cfg, seed))
+    oned = ctx.stage("oned", lambda: _run_oned(ctx, cfg, seed))
     _plots(ctx, cfg, quad, {**distill, **edge}, oned)
 
     claims = []

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments._api import Claim, Experiment, Result
+from experiments._api import Claim, Experiment, Result, population_loop
 from respax.interp import superposition as sp
 
 SWEEP_FEATURES, SWEEP_HIDDEN, SWEEP_DECAY = 20, 5, 0.7
@@ -113,51 +113,47 @@ SCALES = {
 # Training many instances at once.
 
 
-def _pad(x: np.ndarray, multiple: int) -> np.ndarray:
-    """Repeat the last instance so the instance count is a multiple of the device count."""
-    extra = (-len(x)) % multiple
-    return np.concatenate([x, np.repeat(x[-1:], extra, axis=0)]) if extra else x
-
-
 def train_instances(ctx, name, config, importance, probability, steps, chunk, key):
     """Train one `ToyConfig` per row of (importance [I, n], probability [I] or [I, n]).
 
-    Instance i's keys are `fold_in(key, i)`, so they do not depend on the padding. Returns the
-    host (numpy) parameters of the I real instances and their last-chunk mean training loss.
+    A population over the instances, sharded over `ctx.mesh`. Instance i's keys are
+    `fold_in(key, i)`. Returns the host (numpy) parameters of the I instances and their
+    last-chunk mean training loss.
     """
     count = len(importance)
-    importance = _pad(np.asarray(importance, np.float32), ctx.mesh.size)
-    probability = _pad(np.asarray(probability, np.float32), ctx.mesh.size)
-    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(len(importance)))
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(count))
     init_keys = jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys)
     data_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
     states = jax.jit(jax.vmap(lambda k: sp.init_train_state(k, config)))(init_keys)
-    state = (states, jnp.zeros((len(importance),), jnp.float32))
-    state, data_keys, importance, probability = ctx.shard(
-        (state, data_keys, jnp.asarray(importance), jnp.asarray(probability))
-    )
+    members = {
+        "data_key": data_keys,
+        "importance": np.asarray(importance, np.float32),
+        "probability": np.asarray(probability, np.float32),
+    }
 
-    def one(train_state, data_key, imp, prob, start):
-        train_state, losses = sp.train_steps(train_state, data_key, start, chunk, imp, prob, config)
+    def one(state, member, start):
+        train_state, losses = sp.train_steps(
+            state[0],
+            member["data_key"],
+            start,
+            chunk,
+            member["importance"],
+            member["probability"],
+            config,
+        )
         return train_state, jnp.mean(losses)
 
-    vmapped = jax.vmap(one, in_axes=(0, 0, 0, 0, None))
-
-    @jax.jit
-    def advance(state, data_keys, importance, probability, start):
-        return vmapped(state[0], data_keys, importance, probability, start)
-
-    state = ctx.loop(
+    train_state, last_loss = population_loop(
+        ctx,
         name,
-        state,
-        lambda s, start: advance(s, data_keys, importance, probability, jnp.int32(start)),
+        one,
+        (states, jnp.zeros((count,), jnp.float32)),
+        members,
         steps,
         chunk=chunk,
         desc=f"{name} ({count} models)",
     )
-    params, last_loss = ctx.gather(state[0].params), ctx.gather(state[1])
-    params = jax.tree_util.tree_map(lambda a: np.asarray(a)[:count], params)
-    return params, np.asarray(last_loss)[:count]
+    return train_state.params, last_loss
 
 
 def _chunk(cfg: Config, steps: int) -> int:
