@@ -8,11 +8,8 @@ import numpy as np
 import optax
 import pytest
 
+from respax.core import CG, Neumann
 from respax.implicit_diff import (
-    CG,
-    DenseSolve,
-    LineaxSolve,
-    Neumann,
     implicit_argmin,
     implicit_fixed_point,
     implicit_root,
@@ -51,7 +48,9 @@ def _make_implicit(x, y, solve, check_tol=None):
     # steps whose decrease float64 cannot resolve near the solution.
     search = optax.scale_by_backtracking_linesearch(15, store_grad=True, rtol=1e-6)
 
-    @implicit_argmin(lambda w, lam: _ridge_loss(w, lam, x, y), solve=solve, check_tol=check_tol)
+    @implicit_argmin(
+        lambda w, lam: _ridge_loss(w, lam, x, y), linear_solver=solve, check_tol=check_tol
+    )
     def argmin(w0, lam):
         w, _ = solve_inner(
             lambda lm, w: _ridge_loss(w, lm, x, y),
@@ -74,11 +73,11 @@ def _val_loss(w, xv, yv):
 @pytest.mark.parametrize(
     "solve",
     [
-        CG(100, tol=1e-14),
-        DenseSolve("cholesky"),
-        pytest.param(LineaxSolve(lx.Cholesky()), marks=pytest.mark.slow),
+        CG(100, rtol=1e-13),
+        lx.Cholesky(),
+        pytest.param(lx.SVD(), marks=pytest.mark.slow),
     ],
-    ids=["cg", "dense", "lineax"],
+    ids=["cg", "cholesky", "svd"],
 )
 def test_forward_and_reverse_modes_match_dense_autodiff(solve):
     x, y, xv, yv, lam = _data()
@@ -117,7 +116,7 @@ def test_closed_over_arrays_are_differentiated_not_rejected():
     x, y, xv, yv, lam = _data(1)
 
     def implicit_val(x):
-        return _val_loss(_make_implicit(x, y, DenseSolve("cholesky"))(jnp.zeros(D), lam), xv, yv)
+        return _val_loss(_make_implicit(x, y, lx.Cholesky())(jnp.zeros(D), lam), xv, yv)
 
     def dense_val(x):
         return _val_loss(_dense_argmin(lam, x, y), xv, yv)
@@ -173,8 +172,8 @@ def test_fixed_point_and_nonsymmetric_root():
     # Oracle: autodiff through the (converged) iteration itself.
     _, expected = jax.jvp(lambda th: iterate(x0, th), (theta,), (direction,))
     expected_grad = jax.grad(lambda th: jnp.sum(iterate(x0, th) ** 3))(theta)
-    for solve in (DenseSolve("lu"), LineaxSolve(lx.GMRES(rtol=1e-13, atol=1e-13), tags=())):
-        fixed = implicit_fixed_point(t_map, solve=solve)(iterate)
+    for solve in (lx.LU(), lx.GMRES(rtol=1e-13, atol=1e-13)):
+        fixed = implicit_fixed_point(t_map, linear_solver=solve)(iterate)
         _, got = jax.jvp(lambda th, f=fixed: f(x0, th), (theta,), (direction,))
         np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-12)
         got_grad = jax.grad(lambda th, f=fixed: jnp.sum(f(x0, th) ** 3))(theta)
@@ -221,13 +220,31 @@ def test_bad_input_errors():
         implicit_root(lambda w, lm: jnp.sum(w))(lambda w0, lm: w0)(jnp.zeros(D), lam)
     with pytest.raises(ValueError, match="structure"):
         implicit_root(lambda w, lm: {"a": w})(lambda w0, lm: w0)(jnp.zeros(D), lam)
-    with pytest.raises(ValueError, match="max_iterations"):
-        implicit_argmin(lambda w, lm: jnp.sum(w**2), solve=CG(0))
-    with pytest.raises(TypeError, match="solve"):
-        implicit_root(lambda w: w, solve="lu")
+    with pytest.raises(ValueError, match="max_steps"):
+        implicit_argmin(lambda w, lm: jnp.sum(w**2), linear_solver=CG(0))
+    with pytest.raises(TypeError, match="linear_solver"):
+        implicit_root(lambda w: w, linear_solver="lu")
+    with pytest.raises(ValueError, match="psd"):
+        implicit_root(lambda w: w, psd=True)
     with pytest.raises(TypeError, match="(?i)callable"):
         implicit_root(3.0)
     with pytest.raises(ValueError, match="check_tol"):
         implicit_root(lambda w: w, check_tol=-1.0)
     with pytest.raises(ValueError, match=r"\(sol, aux\)"):
         implicit_root(lambda w, lm: w, solver_has_aux=True)(lambda w0, lm: w0)(jnp.zeros(D), lam)
+
+
+@pytest.mark.float64
+def test_keyword_arguments_reach_the_solver_and_the_optimality_function():
+    """`argmin(w0, lam=lam)` differentiates like `argmin(w0, lam)`."""
+    x, y, xv, yv, lam = _data(7)
+
+    @implicit_argmin(lambda w, lam: _ridge_loss(w, lam, x, y), linear_solver=lx.Cholesky())
+    def argmin(w0, lam):
+        return _dense_argmin(lam, x, y)
+
+    value = lambda lm: _val_loss(argmin(jnp.zeros(D), lam=lm), xv, yv)
+    positional = lambda lm: _val_loss(argmin(jnp.zeros(D), lm), xv, yv)
+    np.testing.assert_allclose(jax.grad(value)(lam), jax.grad(positional)(lam), rtol=1e-12)
+    expected = jax.grad(lambda lm: _val_loss(_dense_argmin(lm, x, y), xv, yv))(lam)
+    np.testing.assert_allclose(jax.grad(value)(lam), expected, rtol=1e-9)

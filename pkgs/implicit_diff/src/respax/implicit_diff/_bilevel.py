@@ -208,11 +208,12 @@ def bilevel_run(
 
     Example:
         >>> import jax, jax.numpy as jnp, optax
-        >>> from respax.implicit_diff import (BilevelConfig, DenseSolve, Implicit, bilevel_init,
+        >>> import lineax as lx
+        >>> from respax.implicit_diff import (BilevelConfig, Implicit, bilevel_init,
         ...                                   bilevel_run)
         >>> inner = lambda u, w: 0.5 * jnp.sum((w - u) ** 2)
         >>> outer = lambda u, w: 0.5 * jnp.sum((w - 3.0) ** 2)
-        >>> config = BilevelConfig(Implicit(DenseSolve()), optax.sgd(0.5),
+        >>> config = BilevelConfig(Implicit(lx.Cholesky()), optax.sgd(0.5),
         ...                        inner_optimizer=optax.sgd(1.0), num_inner_steps=1)
         >>> state = bilevel_init(config, jnp.zeros(2), jnp.zeros(2))
         >>> state, history = jax.jit(lambda s: bilevel_run(config, outer, inner, s, 40))(state)

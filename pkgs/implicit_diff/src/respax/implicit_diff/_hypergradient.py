@@ -10,24 +10,26 @@ outer objective `F(u, w*(u))` in the outer parameters `u`:
 - `FullUnroll(optimizer, T)`: run T optimizer steps on f from `w` and backpropagate through all of
   them (what the hypergradient of "T steps of training" really is, converged or not);
 - `TruncatedUnroll(optimizer, T, K)`: the same T steps, backpropagating through the last K only;
-- `Implicit(solve)`: the IFT at `w` (taken to be the inner solution) with an inner-Hessian solve
-  `Neumann(K, alpha) | CG(K or tol) | DenseSolve | LineaxSolve | IdentitySolve`.
+- `Implicit(linear_solver)`: the IFT at `w` (taken to be the inner solution) with an inner-Hessian
+  solve by any lineax solver: `respax.core.Neumann(max_steps=K, step_size=alpha)`,
+  `respax.core.CG(max_steps=K, rtol=...)`, `lineax.Cholesky()`, `lineax.SVD()` (min-norm), ...
 """
 
 from collections.abc import Callable
-from typing import Literal, NamedTuple
+from typing import Literal
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import lineax as lx
 import optax
 import optax.tree as otu
 from jaxtyping import Array, Bool, Float, Int, PyTree
 
-from respax.core import check_positive, check_positive_int
+from respax.core import CG, RESULTS, check_positive, check_positive_int
 
 from ._inner import check_optimizer, run_inner_optimizer
-from ._solves import CG, AbstractLinearSolve, check_solve
+from ._solves import check_linear_solver, solve
 
 
 class FullUnroll(eqx.Module):
@@ -82,37 +84,67 @@ class TruncatedUnroll(eqx.Module):
 class Implicit(eqx.Module):
     """The implicit function theorem at the given inner parameters, with an inner-Hessian solve.
 
-    `solve` is a spec from this package (`Neumann`, `CG`, `DenseSolve`, `LineaxSolve`,
-    `IdentitySolve`). For singular inner Hessians (overparameterized inner problems), `CG` from
-    zero and `DenseSolve("pinv")` give the minimum-norm solve.
+    `linear_solver` is any `lineax.AbstractLinearSolver`; the inner Hessian is a matrix-free
+    operator tagged symmetric and positive semidefinite. `respax.core.CG` (the default, to the
+    dtype's default tolerance) and `respax.core.Neumann` spend exactly their budget of Hessian
+    products; `Neumann(max_steps=1, step_size=a)` is the one-step ("T1-T2") approximation
+    `v = a * grad_w F`. For singular inner Hessians (overparameterized inner problems), `CG` from
+    zero and `lineax.SVD()` give the minimum-norm solve; `lineax.Cholesky()` is exact on positive
+    definite ones and fails (`RESULTS.singular`) on singular ones.
+
+    Args:
+        linear_solver: the solver of `H v = grad_w F`.
+        throw: raise (inside jit too) when the solve fails (CG short of its tolerance, an
+            indefinite Hessian, a divergent Neumann series, a singular Cholesky); with
+            `throw=False` the failure is only `info.result`.
 
     Example:
-        >>> from respax.implicit_diff import CG, Implicit
-        >>> method = Implicit(CG(max_iterations=100, tol=1e-10))
+        >>> from respax.core import CG
+        >>> from respax.implicit_diff import Implicit
+        >>> method = Implicit(CG(max_steps=100))
     """
 
-    solve: AbstractLinearSolve = CG(max_iterations=100, tol=1e-10)
+    linear_solver: lx.AbstractLinearSolver = CG(max_steps=100)
+    throw: bool = eqx.field(static=True, default=True)
 
     def __check_init__(self):
-        check_solve("solve", self.solve)
+        check_linear_solver("linear_solver", self.linear_solver)
 
 
 Method = FullUnroll | TruncatedUnroll | Implicit
 
 
-class HypergradInfo(NamedTuple):
-    """Diagnostics returned next to a hypergradient."""
+class HypergradInfo(eqx.Module):
+    """Diagnostics returned next to a hypergradient.
 
-    inner_params: PyTree  # w at which F was evaluated: w itself (Implicit) or w_T (unrolled)
-    outer_loss: Float[Array, ""]  # F(u, inner_params)
-    inner_grad_norm: Float[Array, ""]  # ||grad_w f(u, inner_params)||
-    linear_residual_norm: Float[Array, ""]  # ||H v - grad_w F|| of the IFT solve (0 if unrolled)
-    # The same divided by ||grad_w F|| (0 if unrolled). Above 1 the solve has made things worse
-    # than v = 0: e.g. a divergent Neumann series (alpha * lambda_max(H) >= 2) or an
-    # indefinite H.
+    Attributes:
+        inner_params: w at which F was evaluated: w itself (Implicit) or w_T (unrolled).
+        outer_loss: F(u, inner_params).
+        inner_grad_norm: ||grad_w f(u, inner_params)||.
+        linear_residual_norm: ||H v - grad_w F|| of the IFT solve (0 if unrolled), of the kind
+            `linear_residual` names.
+        linear_relative_residual: the same over ||grad_w F|| (0 if unrolled). Above 1 the solve
+            made things worse than v = 0: e.g. a divergent Neumann series
+            (step_size * lambda_max(H) >= 2) or an indefinite H.
+        matvecs: inner-Hessian products spent by the solve (0 if unrolled; -1 for a lineax
+            solver that does not count them).
+        inner_converged: inner_grad_norm <= inner_tol (True without inner_tol).
+        result: the IFT solve's `respax.core.RESULTS` (successful if unrolled).
+        linear_residual: which residual `linear_residual_norm` is: "true" (recomputed with one
+            extra Hessian product, for lineax's direct solvers and `CG(true_residual=True)`),
+            "recursive" (respax's CG and Neumann: carried by the recursion, exact in exact
+            arithmetic) or "none" (unrolled).
+    """
+
+    inner_params: PyTree
+    outer_loss: Float[Array, ""]
+    inner_grad_norm: Float[Array, ""]
+    linear_residual_norm: Float[Array, ""]
     linear_relative_residual: Float[Array, ""]
-    matvecs: Int[Array, ""]  # inner-Hessian products spent by the solve (0 if unrolled)
-    inner_converged: Bool[Array, ""]  # inner_grad_norm <= inner_tol (True without inner_tol)
+    matvecs: Int[Array, ""]
+    inner_converged: Bool[Array, ""]
+    result: RESULTS
+    linear_residual: str = eqx.field(static=True, default="none")
 
 
 def _check_scalar_fn(name: str, fn: Callable, u, w) -> None:
@@ -163,18 +195,17 @@ def _apply_check(hypergrad, converged, on_unconverged: str, inner_tol):
     return hypergrad
 
 
-def _implicit(outer_loss, inner_loss, u, w, solve: AbstractLinearSolve):
+def _implicit(outer_loss, inner_loss, u, w, method: Implicit):
     outer_value, (grad_u, grad_w) = jax.value_and_grad(outer_loss, argnums=(0, 1))(u, w)
     grad_w_inner = _inner_grad_fn(inner_loss)
     # One linearization of w -> grad_w f(u, w) serves every matvec of the solve.
     inner_grad, hvp = jax.linearize(lambda ww: grad_w_inner(u, ww), w)
-    v, matvecs, residual = solve(hvp, grad_w)
+    v, info = solve(hvp, grad_w, method.linear_solver, symmetric=True, psd=True, throw=method.throw)
     _, cross_vjp = jax.vjp(lambda uu: grad_w_inner(uu, w), u)
     (cross,) = cross_vjp(v)
     hypergrad = otu.sub(grad_u, cross)
-    norm_b = otu.norm(grad_w)
-    relative = residual / jnp.where(norm_b > 0, norm_b, 1.0)
-    return hypergrad, w, outer_value, otu.norm(inner_grad), (residual, relative), matvecs
+    residual = (info.residual_norm, info.relative_residual, info.result, info.residual)
+    return hypergrad, w, outer_value, otu.norm(inner_grad), residual, info.matvecs
 
 
 def _unrolled(outer_loss, inner_loss, u, w, method):
@@ -200,7 +231,8 @@ def _unrolled(outer_loss, inner_loss, u, w, method):
     (outer_value, w_t), hypergrad = jax.value_and_grad(total, has_aux=True)(u)
     inner_grad_norm = otu.norm(_inner_grad_fn(inner_loss)(u, w_t))
     zero = jnp.zeros((), inner_grad_norm.dtype)
-    return hypergrad, w_t, outer_value, inner_grad_norm, (zero, zero), jnp.asarray(0, jnp.int32)
+    residual = (zero, zero, RESULTS.successful, "none")
+    return hypergrad, w_t, outer_value, inner_grad_norm, residual, jnp.asarray(0, jnp.int32)
 
 
 def _truncated(inner_loss, u, w0, method: TruncatedUnroll):
@@ -267,10 +299,11 @@ def hypergradient(
 
     Example:
         >>> import jax.numpy as jnp
-        >>> from respax.implicit_diff import DenseSolve, Implicit, hypergradient
+        >>> import lineax as lx
+        >>> from respax.implicit_diff import Implicit, hypergradient
         >>> inner = lambda u, w: 0.5 * jnp.sum((w - u) ** 2)  # w*(u) = u
         >>> outer = lambda u, w: 0.5 * jnp.sum(w**2)  # F(u, w*(u)) = |u|^2 / 2
-        >>> g, info = hypergradient(outer, inner, jnp.ones(2), jnp.ones(2), Implicit(DenseSolve()))
+        >>> g, info = hypergradient(outer, inner, jnp.ones(2), jnp.ones(2), Implicit(lx.Cholesky()))
         >>> g
         Array([1., 1.], dtype=float32)
     """
@@ -291,7 +324,7 @@ def hypergradient(
     _check_scalar_fn("inner_loss", inner_loss, outer_params, inner_params)
 
     if isinstance(method, Implicit):
-        out = _implicit(outer_loss, inner_loss, outer_params, inner_params, method.solve)
+        out = _implicit(outer_loss, inner_loss, outer_params, inner_params, method)
     else:
         out = _unrolled(outer_loss, inner_loss, outer_params, inner_params, method)
     hypergrad, w_used, outer_value, inner_grad_norm, residual, matvecs = out
@@ -308,5 +341,7 @@ def hypergradient(
         linear_relative_residual=residual[1],
         matvecs=jnp.asarray(matvecs, jnp.int32),
         inner_converged=converged,
+        result=residual[2],
+        linear_residual=residual[3],
     )
     return hypergrad, info

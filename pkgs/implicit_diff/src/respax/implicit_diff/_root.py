@@ -23,14 +23,17 @@ import jax.numpy as jnp
 import numpy as np
 import optax.tree as otu
 
-from respax.core import check_positive
+import lineax as lx
 
-from ._solves import CG, AbstractLinearSolve, DenseSolve, check_solve
+from respax.core import CG, check_positive
+
+from ._solves import check_linear_solver, solve
 
 
 class _Config(eqx.Module):
-    solve: AbstractLinearSolve
+    linear_solver: lx.AbstractLinearSolver
     symmetric: bool = eqx.field(static=True)
+    psd: bool = eqx.field(static=True)
     solver_has_aux: bool = eqx.field(static=True)
     check_tol: float | None = eqx.field(static=True)
 
@@ -61,17 +64,23 @@ def _sol_of(out, config):
     return out[0] if config.solver_has_aux else out
 
 
+def _call(fn, first, args):
+    """`fn(first, *positional, **keywords)` for `args = (positional, keywords)`."""
+    positional, keywords = args
+    return fn(first, *positional, **keywords)
+
+
 @eqx.filter_custom_jvp
 def _root(optimality, solver, init, args, *, config: _Config):
     init, args = _normalize((init, args))
-    out = solver(init, *args)
+    out = _call(solver, init, args)
     if config.check_tol is not None:
         sol = _sol_of(out, config)
-        residual_norm = otu.norm(optimality(sol, *args))
+        residual_norm = otu.norm(_call(optimality, sol, args))
         sol = eqx.error_if(
             sol,
             ~(residual_norm <= config.check_tol),
-            "implicit_root: the solver's output is not a root (||optimality_fn(sol, *args)|| > "
+            "implicit_root: the solver's output is not a root (||optimality_fn(sol, ...)|| > "
             "check_tol); the implicit function theorem does not apply. Run the solver longer or "
             "raise check_tol.",
         )
@@ -92,18 +101,21 @@ def _root_jvp(primals, tangents, *, config: _Config):
 
         def residual_of(diff_leaves):
             fn, fn_args = rebuild(diff_leaves)
-            return fn(sol, *fn_args)
+            return _call(fn, sol, fn_args)
 
         _, rhs = jax.jvp(residual_of, (diff,), (diff_tangents,))
 
         def matvec(v):
-            return jax.jvp(lambda x: optimality(x, *args), (sol,), (v,))[1]
+            return jax.jvp(lambda x: _call(optimality, x, args), (sol,), (v,))[1]
+
+        def linear_solve(mv, b):
+            return solve(mv, b, config.linear_solver, symmetric=config.symmetric, psd=config.psd)[0]
 
         t_sol = jax.lax.custom_linear_solve(
             matvec,
             otu.scale(-1.0, rhs),
-            solve=config.solve.solution,
-            transpose_solve=None if config.symmetric else config.solve.solution,
+            solve=linear_solve,
+            transpose_solve=None if config.symmetric else linear_solve,
             symmetric=config.symmetric,
         )
     else:
@@ -132,25 +144,31 @@ def _leaf_shapes(tree):
 def implicit_root(
     optimality_fn: Callable[..., Any],
     *,
-    solve: AbstractLinearSolve = DenseSolve("lu"),
+    linear_solver: lx.AbstractLinearSolver = lx.LU(),
     symmetric: bool = False,
+    psd: bool = False,
     has_aux: bool = False,
     solver_has_aux: bool = False,
     check_tol: float | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Decorate `solver(init, *args) -> sol` so its solution is differentiated implicitly.
+    """Decorate `solver(init, *args, **kwargs) -> sol` so its solution is differentiated implicitly.
 
-    The solution must satisfy `optimality_fn(sol, *args) == 0` (same pytree structure as `sol`).
-    Derivatives with respect to `args` (and to arrays `optimality_fn` closes over) follow from the
-    implicit function theorem; the derivative with respect to `init` is zero by construction.
+    The solution must satisfy `optimality_fn(sol, *args, **kwargs) == 0` (same pytree structure as
+    `sol`); the wrapped solver is called with the same positional and keyword arguments as the
+    optimality function. Derivatives with respect to the arguments (and to arrays `optimality_fn`
+    closes over) follow from the implicit function theorem; the derivative with respect to `init`
+    is zero by construction.
 
     Args:
         optimality_fn: `optimality_fn(sol, *args) -> residual` (or `(residual, aux)` with
             `has_aux=True`; the aux is ignored here).
-        solve: the linear-solve spec for the Jacobian `d_sol optimality_fn` (default exact LU;
-            `CG`/`Neumann` only for symmetric positive definite Jacobians).
+        linear_solver: any `lineax.AbstractLinearSolver` for the Jacobian `d_sol optimality_fn`
+            (default `lineax.LU()`, exact; `respax.core.CG` / `Neumann` only for symmetric
+            positive definite Jacobians). It raises on failure (e.g. a singular Jacobian).
         symmetric: the Jacobian is symmetric (true for gradients of a scalar: argmins). Reverse mode
-            then reuses `solve` without transposing the matvec.
+            then reuses the solve without transposing the matvec.
+        psd: the Jacobian is also positive semidefinite (the Hessian at a minimum), which
+            `lineax.Cholesky()` needs; only with `symmetric=True`.
         has_aux: `optimality_fn` returns `(residual, aux)`.
         solver_has_aux: `solver` returns `(sol, aux)`; the wrapped function then returns
             `(sol, aux)` too, with a zero derivative for `aux`.
@@ -172,10 +190,12 @@ def implicit_root(
     """
     if not callable(optimality_fn):
         raise TypeError(f"`optimality_fn` must be callable, got {type(optimality_fn).__name__}.")
-    check_solve("solve", solve)
+    check_linear_solver("linear_solver", linear_solver)
     if check_tol is not None:
         check_positive("check_tol", check_tol)
-    config = _Config(solve, bool(symmetric), bool(solver_has_aux), check_tol)
+    if psd and not symmetric:
+        raise ValueError("`psd=True` needs `symmetric=True` (a PSD Jacobian is symmetric).")
+    config = _Config(linear_solver, bool(symmetric), bool(psd), bool(solver_has_aux), check_tol)
     residual_fn = (lambda x, *a: optimality_fn(x, *a)[0]) if has_aux else optimality_fn
 
     def decorator(solver: Callable[..., Any]) -> Callable[..., Any]:
@@ -183,18 +203,18 @@ def implicit_root(
             raise TypeError(f"`solver` must be callable, got {type(solver).__name__}.")
 
         @functools.wraps(solver)
-        def wrapped(init, *args):
+        def wrapped(init, *args, **kwargs):
             # Python and numpy scalars/arrays become JAX arrays, so the closure-converted
             # functions see the same dynamic arguments on every call (traced or not).
-            init, args = _normalize((init, args))
-            out_shape = jax.eval_shape(solver, init, *args)
+            init, args = _normalize((init, (args, kwargs)))
+            out_shape = jax.eval_shape(lambda i, a: _call(solver, i, a), init, args)
             if solver_has_aux:
                 if not (isinstance(out_shape, tuple) and len(out_shape) == 2):
                     raise ValueError("`solver_has_aux=True` needs `solver` to return (sol, aux).")
                 sol_shape = out_shape[0]
             else:
                 sol_shape = out_shape
-            residual_shape = jax.eval_shape(residual_fn, sol_shape, *args)
+            residual_shape = jax.eval_shape(lambda x, a: _call(residual_fn, x, a), sol_shape, args)
             if jax.tree.structure(residual_shape) != jax.tree.structure(sol_shape) or (
                 _leaf_shapes(residual_shape) != _leaf_shapes(sol_shape)
             ):
@@ -204,9 +224,14 @@ def implicit_root(
                     f"  sol: {sol_shape}\n  optimality_fn: {residual_shape}"
                     + ("\n(with has_aux=True only the first output counts)" if has_aux else "")
                 )
-            optimality = eqx.filter_closure_convert(residual_fn, sol_shape, *args)
-            solver_converted = eqx.filter_closure_convert(solver, init, *args)
-            return _root(optimality, solver_converted, init, args, config=config)
+            optimality = eqx.filter_closure_convert(
+                lambda x, a: _call(residual_fn, x, a), sol_shape, args
+            )
+            solver_converted = eqx.filter_closure_convert(
+                lambda i, a: _call(solver, i, a), init, args
+            )
+            # The converted functions take `(x, args)`; `_call` spreads a one-tuple onto them.
+            return _root(optimality, solver_converted, init, ((args,), {}), config=config)
 
         return wrapped
 
@@ -216,7 +241,7 @@ def implicit_root(
 def implicit_fixed_point(
     fixed_point_fn: Callable[..., Any],
     *,
-    solve: AbstractLinearSolve = DenseSolve("lu"),
+    linear_solver: lx.AbstractLinearSolver = lx.LU(),
     has_aux: bool = False,
     solver_has_aux: bool = False,
     check_tol: float | None = None,
@@ -237,28 +262,32 @@ def implicit_fixed_point(
     if not callable(fixed_point_fn):
         raise TypeError(f"`fixed_point_fn` must be callable, got {type(fixed_point_fn).__name__}.")
 
-    def optimality(x, *args):
-        out = fixed_point_fn(x, *args)
+    def optimality(x, *args, **kwargs):
+        out = fixed_point_fn(x, *args, **kwargs)
         value = out[0] if has_aux else out
         return otu.sub(value, x)
 
     return implicit_root(
-        optimality, solve=solve, solver_has_aux=solver_has_aux, check_tol=check_tol
+        optimality,
+        linear_solver=linear_solver,
+        solver_has_aux=solver_has_aux,
+        check_tol=check_tol,
     )
 
 
 def implicit_argmin(
     loss_fn: Callable[..., Any],
     *,
-    solve: AbstractLinearSolve = CG(max_iterations=1000, tol=1e-10),
+    linear_solver: lx.AbstractLinearSolver = CG(max_steps=1000),
     has_aux: bool = False,
     solver_has_aux: bool = False,
     check_tol: float | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorate a minimizer of `loss_fn(w, *args)`: `implicit_root` of its gradient (symmetric).
 
-    The Jacobian is the Hessian of `loss_fn`, so `CG` (the default; min-norm on singular PSD
-    Hessians), `Neumann` and `DenseSolve("cholesky" | "pinv")` apply.
+    The Jacobian is the Hessian of `loss_fn`, tagged symmetric and positive semidefinite, so
+    `respax.core.CG` (the default, to the dtype's default tolerance; min-norm on singular PSD
+    Hessians), `respax.core.Neumann`, `lineax.Cholesky()` and `lineax.SVD()` (min-norm) apply.
 
     Args and returns as `implicit_root`, with `loss_fn(w, *args) -> scalar` (or `(scalar, aux)`).
 
@@ -276,8 +305,9 @@ def implicit_argmin(
     grad_fn = jax.grad(loss_fn, argnums=0, has_aux=has_aux)
     return implicit_root(
         grad_fn,
-        solve=solve,
+        linear_solver=linear_solver,
         symmetric=True,
+        psd=True,
         has_aux=has_aux,
         solver_has_aux=solver_has_aux,
         check_tol=check_tol,
