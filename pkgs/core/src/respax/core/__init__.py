@@ -1,5 +1,7 @@
 """respax.core: pytree linear operators, inverse solvers and the model/output-loss contract."""
 
+from importlib.metadata import version as _version
+
 from ._custom_types import (
     BoolScalar as BoolScalar,
     IntScalar as IntScalar,
@@ -39,3 +41,5 @@ from ._solvers import (
     lissa as lissa,
     neumann_series as neumann_series,
 )
+
+__version__ = _version("respax-core")

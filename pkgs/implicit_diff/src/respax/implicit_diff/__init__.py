@@ -1,6 +1,8 @@
 """respax.implicit_diff: unrolled and implicit hypergradients, implicit root/fixed-point/argmin
 wrappers on a custom JVP, and cold-start / warm-start bilevel loops (Vicol et al. 2022)."""
 
+from importlib.metadata import version as _version
+
 from ._bilevel import (
     BilevelConfig as BilevelConfig,
     BilevelHistory as BilevelHistory,
@@ -34,3 +36,5 @@ from ._solves import (
     LineaxSolve as LineaxSolve,
     Neumann as Neumann,
 )
+
+__version__ = _version("respax-implicit-diff")

@@ -1,5 +1,7 @@
 """respax.interp: influence functions, PBRF and toy models of superposition."""
 
+from importlib.metadata import version as _version
+
 from . import superposition as superposition
 
 # Influence functions (fit_factors -> pairwise_scores / self_scores) over every solver, the PBRF,
@@ -43,3 +45,5 @@ from ._pbrf import (
     response_distances as response_distances,
     retrain as retrain,
 )
+
+__version__ = _version("respax-interp")

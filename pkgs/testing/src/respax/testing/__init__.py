@@ -5,6 +5,8 @@ inputs; the checkers (`tree_allclose`, `assert_tree_allclose`, `check_directiona
 `dense_matrix`, `dense_vector`) compare a transform with an independent oracle.
 """
 
+from importlib.metadata import version as _version
+
 from ._dense import dense_matrix as dense_matrix
 from ._finite_differences import (
     DirectionalDerivativeCheck as DirectionalDerivativeCheck,
@@ -36,3 +38,5 @@ __all__ = [
     "spd_matrices",
     "tree_allclose",
 ]
+
+__version__ = _version("respax-testing")
