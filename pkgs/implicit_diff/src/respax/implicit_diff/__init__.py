@@ -1,5 +1,9 @@
 """respax.implicit_diff: unrolled and implicit hypergradients, implicit root/fixed-point/argmin
-wrappers on a custom JVP, and cold-start / warm-start bilevel loops (Vicol et al. 2022)."""
+wrappers on a custom JVP, and cold-start / warm-start bilevel loops (Vicol et al. 2022).
+
+Linear solves are lineax solvers: `respax.core.CG` / `respax.core.Neumann` (exact matvec
+counts) or lineax's own (`lineax.Cholesky()`, `lineax.LU()`, `lineax.SVD()`, ...).
+"""
 
 from importlib.metadata import version as _version
 
@@ -27,14 +31,6 @@ from ._root import (
     implicit_argmin as implicit_argmin,
     implicit_fixed_point as implicit_fixed_point,
     implicit_root as implicit_root,
-)
-from ._solves import (
-    CG as CG,
-    AbstractLinearSolve as AbstractLinearSolve,
-    DenseSolve as DenseSolve,
-    IdentitySolve as IdentitySolve,
-    LineaxSolve as LineaxSolve,
-    Neumann as Neumann,
 )
 
 __version__ = _version("respax-implicit-diff")
