@@ -70,3 +70,35 @@ def test_expected_fisher_of_sampler_equals_output_hessian(name, loss, target_fn)
 def test_gaussian_variance_validated():
     with pytest.raises(ValueError, match="variance"):
         GaussianLoss(variance=0.0)
+
+
+def test_gaussian_and_bernoulli_reject_broadcasting_targets():
+    """Outputs (32, 3) against targets (32,) used to broadcast silently into another loss."""
+    outputs = jax.random.normal(jax.random.key(0), (32, 3))
+    for loss in (GaussianLoss(), BernoulliLoss()):
+        with pytest.raises(ValueError, match="`targets`.*shape"):
+            loss.mean_loss(outputs, jnp.zeros(32))
+        # One example: the shape annotations (type-checked under the tests' import hook) or the
+        # check itself name `targets`.
+        with pytest.raises((ValueError, TypeError), match="targets"):
+            loss.loss(outputs[0], jnp.zeros(()))
+        with pytest.raises(ValueError, match="leading batch axis"):
+            loss.mean_loss(outputs, jnp.zeros((31, 3)))
+        # The matching shapes still work, and under jit too.
+        value = jax.jit(loss.mean_loss)(outputs, jnp.zeros((32, 3)))
+        assert value.shape == () and bool(jnp.isfinite(value))
+
+
+def test_softmax_rejects_float_and_one_hot_labels():
+    """Float or one-hot labels used to fail with `Indexer must have integer or boolean type`."""
+    loss = SoftmaxCrossEntropy()
+    logits = jax.random.normal(jax.random.key(0), (8, 4))
+    labels = jnp.arange(8) % 4
+    with pytest.raises(TypeError, match="`targets`.*integer class indices"):
+        loss.mean_loss(logits, labels.astype(jnp.float32))
+    with pytest.raises(TypeError, match="`targets`.*one-hot"):
+        loss.mean_loss(logits, jax.nn.one_hot(labels, 4))
+    with pytest.raises(ValueError, match="`targets`.*one integer class index"):
+        loss.mean_loss(logits, jax.nn.one_hot(labels, 4, dtype=jnp.int32))
+    expected = jnp.mean(jax.nn.logsumexp(logits, -1) - logits[jnp.arange(8), labels])
+    np.testing.assert_allclose(loss.mean_loss(logits, labels), expected, rtol=1e-6)

@@ -38,7 +38,20 @@ class OutputLoss(eqx.Module):
     def per_example_loss(self, outputs: Float[Array, "b k"], targets) -> Float[Array, " b"]:
         """The loss of every example of a batch."""
         _check_batched("outputs", outputs)
+        for leaf in jax.tree.leaves(targets):
+            if jnp.ndim(leaf) < 1 or jnp.shape(leaf)[0] != jnp.shape(outputs)[0]:
+                raise ValueError(
+                    f"`targets` must have a leading batch axis of size {jnp.shape(outputs)[0]} "
+                    f"(the batch of `outputs`, shape {jnp.shape(outputs)}), got shape "
+                    f"{jnp.shape(leaf)}."
+                )
+        one = lambda t: jax.ShapeDtypeStruct(jnp.shape(t)[1:], jnp.result_type(t))
+        self._check_targets(one(outputs), jax.tree.map(one, targets))
         return jax.vmap(self.loss)(outputs, targets)
+
+    def _check_targets(self, outputs, targets) -> None:
+        """Check one example's targets against its outputs (shapes and dtypes only); a subclass
+        raises a `ValueError`/`TypeError` naming `targets` for targets it would misread."""
 
     def mean_loss(self, outputs: Float[Array, "b k"], targets) -> Scalar:
         """The batch-mean loss."""
@@ -60,6 +73,32 @@ def _check_batched(name: str, x) -> None:
         raise ValueError(f"`{name}` must have shape (batch, k), got shape {jnp.shape(x)}.")
 
 
+def _check_same_shape(self, outputs, targets) -> None:
+    """Targets of one example must have the outputs' shape: broadcasting `(k,)` against `()` (or
+    a batch `(b, k)` against `(b,)`) would silently give another loss."""
+    if jnp.shape(targets) != jnp.shape(outputs):
+        raise ValueError(
+            f"`targets` of one example must have the shape of its outputs {jnp.shape(outputs)}, "
+            f"got shape {jnp.shape(targets)} (for a batch: targets (b, k) for outputs (b, k))."
+        )
+
+
+def _check_class_index(self, outputs, targets) -> None:
+    dtype = jnp.result_type(targets)
+    if not (jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.bool_)):
+        raise TypeError(
+            "`targets` of SoftmaxCrossEntropy must be integer class indices, got dtype "
+            f"{dtype} (shape {jnp.shape(targets)} per example); for one-hot or probability "
+            "labels pass `jnp.argmax(labels, axis=-1)`."
+        )
+    if jnp.ndim(targets) != 0:
+        raise ValueError(
+            "`targets` of SoftmaxCrossEntropy must be one integer class index per example, got "
+            f"shape {jnp.shape(targets)} per example (outputs {jnp.shape(outputs)}); for one-hot "
+            "labels pass `jnp.argmax(labels, axis=-1)`."
+        )
+
+
 class SoftmaxCrossEntropy(OutputLoss):
     """Softmax cross-entropy on logits, with integer class targets.
 
@@ -72,7 +111,10 @@ class SoftmaxCrossEntropy(OutputLoss):
     """
 
     def loss(self, outputs: Float[Array, " k"], targets: Int[Array, ""] | int) -> Scalar:
+        _check_class_index(self, outputs, targets)
         return jax.nn.logsumexp(outputs) - outputs[targets]
+
+    _check_targets = _check_class_index
 
     def hessian_sqrt(self, outputs: Float[Array, " k"]) -> Float[Array, "k k"]:
         # H = diag(p) - p p^T = S S^T with S = (I - p 1^T) diag(sqrt p).
@@ -102,7 +144,10 @@ class GaussianLoss(OutputLoss):
             raise ValueError(f"`variance` must be a number > 0, got {self.variance!r}.")
 
     def loss(self, outputs: Float[Array, " k"], targets: Float[Array, " k"]) -> Scalar:
+        _check_same_shape(self, outputs, targets)
         return 0.5 * jnp.sum((outputs - targets) ** 2) / self.variance
+
+    _check_targets = _check_same_shape
 
     def hessian_sqrt(self, outputs: Float[Array, " k"]) -> Float[Array, "k k"]:
         k = outputs.shape[0]
@@ -124,7 +169,10 @@ class BernoulliLoss(OutputLoss):
     """
 
     def loss(self, outputs: Float[Array, " k"], targets: Float[Array, " k"]) -> Scalar:
+        _check_same_shape(self, outputs, targets)
         return jnp.sum(jax.nn.softplus(outputs) - targets * outputs)
+
+    _check_targets = _check_same_shape
 
     def hessian_sqrt(self, outputs: Float[Array, " k"]) -> Float[Array, "k k"]:
         p = jax.nn.sigmoid(outputs)

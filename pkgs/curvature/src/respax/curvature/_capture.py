@@ -11,9 +11,8 @@ sequence, a convolution over space) yields per-example sums over positions (KFAC
 asked, sums of outer products (KFAC-expand), with no knowledge of how the model is written.
 
 `eqx.nn.LayerNorm` gets a dense block of its own (full, or diagonal when large), estimated from
-exact
-per-example gradients: its parameters are broadcast over the batch so that their cotangents are
-per-example. Every other float parameter gets the same diagonal treatment and is reported as
+exact per-example gradients: its parameters are broadcast over the batch so that their cotangents
+are per-example. Every other float parameter gets the same diagonal treatment and is reported as
 UNCOVERED (a warning, or an error with `on_uncovered="raise"`); nothing falls back silently.
 """
 
@@ -26,7 +25,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float, PRNGKeyArray, PyTree
+from jaxtyping import Array, Bool, Float, PRNGKeyArray, PyTree
 
 from respax.core import (
     BernoulliLoss,
@@ -111,18 +110,69 @@ class LayerInfo:
         return self.sharing == "expand"
 
 
+def _call_model(model: Any, x: Any) -> Any:
+    """The default `apply`: one module-level function, so that plans built without an `apply`
+    compare equal."""
+    return model(x)
+
+
+def _leaf_key(leaf: Any) -> Any:
+    """A hashable stand-in for one leaf of the non-float part of a model, equal exactly when the
+    leaves are: arrays (integer buffers) by dtype, shape and bytes, hashable leaves (functions,
+    numbers, strings) by themselves, anything else by identity (the plan keeps it alive)."""
+    if isinstance(leaf, jax.core.Tracer):
+        raise ValueError(
+            "`model` must not hold traced non-float leaves: build the plan outside `jit` / `vmap`."
+        )
+    if isinstance(leaf, np.ndarray | jax.Array | np.generic):
+        a = np.asarray(leaf)
+        return ("array", a.dtype.str, a.shape, a.tobytes())
+    try:
+        hash(leaf)
+    except TypeError:
+        return ("id", id(leaf))
+    return ("leaf", type(leaf), leaf)
+
+
+def _static_key(static: Any) -> tuple:
+    leaves, treedef = jax.tree.flatten(static)
+    return (treedef, tuple(_leaf_key(x) for x in leaves))
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class CapturePlan:
     """What `capture_layers` found: the layers, their blocks and how to run the statistics pass.
 
     Built once, outside `jit`; passed to `kfac_stats`, `kfac` and the EK-FAC functions. Its
     `report()` lists every parameter group and the block that covers it.
+
+    A plan is a hashable value: two plans of models with the same structure (the same non-float
+    leaves, e.g. activations, and the same layer shapes; the float parameters may differ), the
+    same `apply` and equal output losses compare and hash equal, so a `jit` that takes the plan as
+    a static argument (or through an `eqx.field(static=True)`) compiles once for all of them.
     """
 
     static: Any
     apply: Callable[[Any, Any], Any]
     output_loss: OutputLoss
     layers: tuple[LayerInfo, ...]
+
+    def _key(self) -> tuple:
+        key = self.__dict__.get("_cached_key")
+        if key is None:
+            key = (_static_key(self.static), self.apply, self.output_loss, self.layers)
+            object.__setattr__(self, "_cached_key", key)
+        return key
+
+    def __eq__(self, other: object) -> bool:
+        if self is other:
+            return True
+        if not isinstance(other, CapturePlan):
+            return NotImplemented
+        return bool(self._key() == other._key())
+
+    def __hash__(self) -> int:
+        return hash(self._key())
 
     @property
     def num_uncovered(self) -> int:
@@ -333,7 +383,9 @@ def capture_layers(
         )
     check_positive_int("dense_block_max_size", dense_block_max_size)
     if apply is None:
-        apply = lambda m, x: m(x)
+        apply = _call_model
+    elif not callable(apply):
+        raise TypeError(f"`apply` must be a callable apply(model, x) -> outputs, got {apply!r}.")
     diff, static = eqx.partition(model, eqx.is_inexact_array)
     items = _items(diff)
     paths = _paths(diff)
@@ -352,6 +404,7 @@ def capture_layers(
             infos.append(LayerInfo(i, path, "uncovered", "diagonal", n))
     plan = CapturePlan(static, apply, output_loss, tuple(infos))
 
+    _check_one_example(apply, model, example_input)
     # Count uses per example with one concrete pass on the example (shapes only matter).
     counts = _count_uses(plan, diff, example_input)
     new_infos = []
@@ -378,6 +431,30 @@ def capture_layers(
         if on_uncovered == "warn":
             logger.warning(msg)
     return plan
+
+
+def _shapes(tree: Any) -> str:
+    return str(jax.tree.map(lambda x: tuple(jnp.shape(x)), tree))
+
+
+def _check_one_example(apply: Callable, model: Any, example_input: Any) -> None:
+    """`apply(model, example_input)` must run and give a vector: a batch passed as the example
+    would otherwise fail deep inside a layer (`dot_general requires contracting dimensions...`)."""
+    x = jax.tree.map(jnp.asarray, example_input)
+    try:
+        out = eqx.filter_eval_shape(apply, model, x)
+    except (TypeError, ValueError) as e:
+        raise ValueError(
+            "`example_input` must be ONE example (not a batch) on which `apply(model, x)` runs; "
+            f"it has shape {_shapes(example_input)} and `apply` failed with: "
+            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        ) from e
+    if not hasattr(out, "shape") or len(out.shape) != 1:
+        raise ValueError(
+            "`example_input` must be ONE example (not a batch): `apply(model, example_input)` "
+            "must return a vector of shape (k,), got "
+            f"{_shapes(out)} for `example_input` of shape {_shapes(example_input)}."
+        )
 
 
 def _zero_probes(plan: CapturePlan, batch: int | None, dtype, quadratic_too: bool):
@@ -448,13 +525,33 @@ def _is_node_none(x):
     return x is None
 
 
-def _split_kron_pe(plan: CapturePlan, diff: Any) -> tuple[Any, Any]:
+def _check_plan_params(plan: CapturePlan, diff: Any, name: str = "params") -> list[Any]:
+    """The plan's parameter groups of `diff` (the float part of a model), after checking that
+    `diff` is a model of the plan's structure: the same groups, kinds and sizes. Raises a
+    `ValueError` naming `name` otherwise (e.g. another model's parameters)."""
     items = _items(diff)
     if len(items) != len(plan.layers):
         raise ValueError(
-            f"`params` has {len(items)} parameter groups but the plan has {len(plan.layers)}; "
+            f"`{name}` has {len(items)} parameter groups but the plan has {len(plan.layers)}; "
             "pass the model the plan was built from (or its float part)."
         )
+    for info, item in zip(plan.layers, items, strict=True):
+        kind = _node_kind(item)
+        expected_kind = None if info.kind == "uncovered" else info.kind
+        n = sum(int(np.prod(jnp.shape(x))) for x in _item_arrays(item))
+        dims = _dims(kind, item) if kind in _KRON_KINDS else (info.a_dim, info.g_dim)
+        if kind != expected_kind or n != info.num_params or dims != (info.a_dim, info.g_dim):
+            raise ValueError(
+                f"`{name}` does not match the plan at {info.path}: the plan has a {info.kind} "
+                f"group of {info.num_params} parameters, `{name}` has "
+                f"{kind or 'a plain array group'} of {n}; pass the model the plan was built from "
+                "(or its float part)."
+            )
+    return items
+
+
+def _split_kron_pe(plan: CapturePlan, diff: Any) -> tuple[Any, Any]:
+    items = _check_plan_params(plan, diff)
     kron, pe = [], []
     for info, item in zip(plan.layers, items, strict=True):
         if info.is_kronecker:
@@ -574,9 +671,10 @@ def kfac_stats(
     inputs: Any,
     targets: Any,
     *,
-    mode: Literal["empirical", "mc", "expected"] = "mc",
+    mode: Literal["expected", "mc", "empirical"] = "expected",
     key: PRNGKeyArray | None = None,
     num_samples: int = 1,
+    update_curvature: bool | Bool[Array, ""] = True,
 ) -> tuple[Float[Array, ""], PyTree, tuple[dict[str, Array], ...]]:
     """Loss, gradients and per-layer curvature factors of one batch, from one forward pass.
 
@@ -596,10 +694,15 @@ def kfac_stats(
         params: the model or its float part (`eqx.filter(model, eqx.is_inexact_array)`).
         inputs: a batch of inputs (leading axis = examples).
         targets: the batch's targets.
-        mode: `"empirical"` (true labels), `"mc"` (labels sampled from the model, `num_samples`
-            per example) or `"expected"` (exact expectation through `hessian_sqrt`).
-        key: PRNG key, required for `mode="mc"`.
+        mode: `"expected"` (default: the exact expectation over labels through
+            `hessian_sqrt`, the analytic Fisher), `"mc"` (labels sampled from the model,
+            `num_samples` per example) or `"empirical"` (true labels).
+        key: PRNG key, required for `mode="mc"` and used by no other mode.
         num_samples: sampled labels per example in `mode="mc"`.
+        update_curvature: False (or a traced False) computes only the loss and the gradient, one
+            plain forward and backward pass, and returns zero factors of the same shapes: the
+            steps between curvature updates of `KFACConfig.curvature_update_period` (pass
+            `config.curvature_due(state)`). A traced value selects the pass with `lax.cond`.
 
     Returns:
         `(loss, grads, stats)`: the batch-mean loss, its gradient (the float part of `params`),
@@ -611,17 +714,46 @@ def kfac_stats(
         >>> mlp = eqx.nn.MLP(3, 2, 4, 1, key=jax.random.key(0))
         >>> plan = capture_layers(mlp, GaussianLoss(), jnp.zeros(3))
         >>> x, y = jnp.ones((8, 3)), jnp.zeros((8, 2))
-        >>> loss, grads, stats = kfac_stats(plan, mlp, x, y, mode="expected")
+        >>> loss, grads, stats = kfac_stats(plan, mlp, x, y)
         >>> stats[0]["A"].shape, stats[0]["G"].shape
         ((4, 4), (4, 4))
     """
-    if mode not in ("empirical", "mc", "expected"):
-        raise ValueError(f"`mode` must be 'empirical', 'mc' or 'expected', got {mode!r}.")
+    if mode not in ("expected", "mc", "empirical"):
+        raise ValueError(f"`mode` must be 'expected', 'mc' or 'empirical', got {mode!r}.")
     if mode == "mc":
         if key is None:
-            raise ValueError("`key` is required for mode='mc'.")
+            raise ValueError("`key` is required for mode='mc' (a PRNG key for the sampled labels).")
         check_positive_int("num_samples", num_samples)
     diff, _ = eqx.partition(params, eqx.is_inexact_array)
+    full = lambda d: _kfac_stats(plan, d, inputs, targets, mode, key, num_samples)
+    if isinstance(update_curvature, bool | np.bool_):
+        if update_curvature:
+            return full(diff)
+        return _loss_and_grads_only(plan, diff, inputs, targets, jax.eval_shape(full, diff)[2])
+    stats_shape = jax.eval_shape(full, diff)[2]
+    return jax.lax.cond(
+        update_curvature,
+        full,
+        lambda d: _loss_and_grads_only(plan, d, inputs, targets, stats_shape),
+        diff,
+    )
+
+
+def _loss_and_grads_only(plan: CapturePlan, diff, inputs, targets, stats_shape):
+    """The loss and gradient of the batch-mean loss (no taps), and zero statistics."""
+    _check_plan_params(plan, diff)
+
+    def mean_loss(d):
+        model = eqx.combine(d, plan.static)
+        outputs = jax.vmap(lambda x: plan.apply(model, x))(inputs)
+        return plan.output_loss.mean_loss(outputs, targets)
+
+    loss, grads = jax.value_and_grad(mean_loss)(diff)
+    zeros = jax.tree.map(lambda t: jnp.zeros(t.shape, t.dtype), stats_shape)
+    return loss, grads, zeros
+
+
+def _kfac_stats(plan, diff, inputs, targets, mode, key, num_samples):
     kron, pe = _split_kron_pe(plan, diff)
     batch = jax.tree.leaves(inputs)[0].shape[0]
     dtype = jnp.result_type(*[x.dtype for x in jax.tree.leaves(diff)])

@@ -20,62 +20,124 @@ The statistics come from `kfac_stats` (one forward pass, one backward pass plus 
    state fields are kept by selects fused into the ops that compute them).
 """
 
-import dataclasses
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 import optax.tree as otu
-from jaxtyping import Array, Float, Int, PyTree
+from jaxtyping import Array, Bool, Float, Int, PyTree
 
 from respax.core import check_positive, check_positive_int, check_same_structure
 
-from ._capture import CapturePlan
+from ._capture import CapturePlan, _check_plan_params
 from ._factors import KFACFactors, _apply_blocks, _block_inverses
 from ._products import _batched_apply
 
 __all__ = ["KFACConfig", "KFACState", "kfac", "kfac_factors_from_state", "kfac_report"]
 
 
-@dataclasses.dataclass(frozen=True)
-class KFACConfig:
-    """Hyperparameters of `kfac` (11 fields).
+Hyper = float | Float[Array, "..."] | Callable[[Int[Array, ""]], Float[Array, ""]]
+
+
+def _check_hyper(name: str, value: Any, *, upper: float | None = None) -> None:
+    """Check a hyperparameter that may be a schedule (checked when called, per step), a traced
+    value (under `vmap` / `jit`: its value is unknown) or concrete numbers (every entry, so that
+    a stacked config for `eqx.filter_vmap` is checked too)."""
+    if callable(value) or isinstance(value, jax.core.Tracer):
+        return
+    if isinstance(value, bool):
+        raise TypeError(f"`{name}` must be a number or an optax schedule, got {value!r}.")
+    try:
+        v = np.asarray(value, dtype=float)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"`{name}` must be a number, an array of numbers or an optax schedule (a function of "
+            f"the step count), got {type(value).__name__}."
+        ) from None
+    ok = np.all(np.isfinite(v)) and np.all(v >= 0)
+    if upper is not None:
+        ok = ok and np.all(v < upper)
+    if not ok:
+        bound = f"in [0, {upper})" if upper is not None else ">= 0"
+        raise ValueError(f"`{name}` must be finite and {bound}, got {value!r}.")
+
+
+def _at_step(value: Any, step: Array, dtype) -> Array:
+    """A hyperparameter's value at `step`: a schedule is called, a number is taken as it is."""
+    if value is None:
+        return jnp.zeros((), dtype)
+    if callable(value):
+        return jnp.asarray(value(step), dtype)
+    return jnp.asarray(value, dtype)
+
+
+class KFACConfig(eqx.Module):
+    """Hyperparameters of `kfac` (12 fields).
+
+    The float hyperparameters `learning_rate`, `momentum` and `damping` are the config's pytree
+    leaves: each may be a number, an optax schedule (a function of the step count, e.g.
+    `optax.cosine_decay_schedule(0.1, 1000)`) or a traced value, so a config built inside
+    `jax.vmap` (or a config of stacked arrays under `eqx.filter_vmap`) runs a population of
+    hyperparameters at once. Every other field is static.
 
     Attributes:
-        learning_rate: fixed step size α, or None to choose it from the quadratic model.
-        momentum: fixed momentum μ, or None to choose it from the quadratic model (with
-            `learning_rate=None`: both jointly; with a fixed learning rate, `None` means 0).
-        damping: the initial Tikhonov damping λ (> 0, or 0 for none).
+        learning_rate: fixed step size α (or a schedule), or None to choose it from the
+            quadratic model.
+        momentum: fixed momentum μ in [0, 1) (or a schedule), or None to choose it from the
+            quadratic model (with `learning_rate=None`: both jointly; with a fixed learning rate,
+            `None` means 0).
+        damping: the Tikhonov damping λ (>= 0), or a schedule of it; with `adapt_damping` the
+            initial λ (a number, > 0).
         adapt_damping: Levenberg-Marquardt adaptation of λ (needs `loss` and `batch` in update).
         damping_adaptation_interval: steps between λ updates.
         damping_decay: ω per step; λ changes by `damping_decay ** interval` per adaptation.
         min_damping: lower bound for adapted λ.
         ema_decay: factor EMA decay in [0, 1); 0 uses only the current batch.
         inverse_update_period: steps between inverse refreshes (T).
+        curvature_update_period: steps between curvature-statistics updates (k, as kfac-jax's
+            `curvature_update_period`); on the other steps `kfac_stats(...,
+            update_curvature=False)` computes only the loss and gradient, and `update` leaves
+            the factors as they are. 1 (default): statistics every step.
         l2_reg: L2 regularisation η, added to the gradient, the damping and the loss of ρ.
         norm_constraint: None, or c > 0 bounding `α^2 Δ^T ∇h` (fixed learning rate only).
+
+    Example:
+        >>> import optax
+        >>> cfg = KFACConfig(learning_rate=optax.linear_schedule(0.1, 0.01, 100), momentum=0.5)
+        >>> cfg.needs_batch, cfg.curvature_update_period
+        (False, 1)
     """
 
-    learning_rate: float | None = 1e-2
-    momentum: float | None = 0.9
-    damping: float = 1e-3
-    adapt_damping: bool = False
-    damping_adaptation_interval: int = 5
-    damping_decay: float = 0.95
-    min_damping: float = 1e-8
-    ema_decay: float = 0.95
-    inverse_update_period: int = 5
-    l2_reg: float = 0.0
-    norm_constraint: float | None = None
+    learning_rate: Hyper | None = 1e-2
+    momentum: Hyper | None = 0.9
+    damping: Hyper = 1e-3
+    adapt_damping: bool = eqx.field(default=False, static=True)
+    damping_adaptation_interval: int = eqx.field(default=5, static=True)
+    damping_decay: float = eqx.field(default=0.95, static=True)
+    min_damping: float = eqx.field(default=1e-8, static=True)
+    ema_decay: float = eqx.field(default=0.95, static=True)
+    inverse_update_period: int = eqx.field(default=5, static=True)
+    curvature_update_period: int = eqx.field(default=1, static=True)
+    l2_reg: float = eqx.field(default=0.0, static=True)
+    norm_constraint: float | None = eqx.field(default=None, static=True)
 
-    def __post_init__(self):
+    def __check_init__(self):
         if self.learning_rate is not None:
-            check_positive("learning_rate", self.learning_rate)
+            _check_hyper("learning_rate", self.learning_rate)
+            if not callable(self.learning_rate) and not isinstance(
+                self.learning_rate, jax.core.Tracer
+            ):
+                if not np.all(np.asarray(self.learning_rate, dtype=float) > 0):
+                    raise ValueError(
+                        f"`learning_rate` must be > 0 (or None), got {self.learning_rate!r}."
+                    )
         if self.momentum is not None:
-            check_positive("momentum", self.momentum, allow_zero=True)
-        check_positive("damping", self.damping, allow_zero=True)
+            _check_hyper("momentum", self.momentum, upper=1.0)
+        _check_hyper("damping", self.damping)
         check_positive_int("damping_adaptation_interval", self.damping_adaptation_interval)
         if not (0.0 < self.damping_decay < 1.0):
             raise ValueError(f"`damping_decay` must be in (0, 1), got {self.damping_decay!r}.")
@@ -83,15 +145,44 @@ class KFACConfig:
         if not (0.0 <= self.ema_decay < 1.0):
             raise ValueError(f"`ema_decay` must be in [0, 1), got {self.ema_decay!r}.")
         check_positive_int("inverse_update_period", self.inverse_update_period)
+        check_positive_int("curvature_update_period", self.curvature_update_period)
         check_positive("l2_reg", self.l2_reg, allow_zero=True)
         if self.norm_constraint is not None:
             check_positive("norm_constraint", self.norm_constraint)
-        if self.adapt_damping and self.damping <= 0:
-            raise ValueError("`damping` must be > 0 when `adapt_damping=True`.")
+        if self.adapt_damping:
+            if callable(self.damping):
+                raise ValueError(
+                    "`damping` must be a number (the initial λ), not a schedule, when "
+                    "`adapt_damping=True`."
+                )
+            if not isinstance(self.damping, jax.core.Tracer) and not np.all(
+                np.asarray(self.damping) > 0
+            ):
+                raise ValueError("`damping` must be > 0 when `adapt_damping=True`.")
 
     @property
     def needs_batch(self) -> bool:
         return self.learning_rate is None or self.momentum is None or self.adapt_damping
+
+    def curvature_due(self, state: "KFACState") -> Bool[Array, ""]:
+        """Whether the next `update` with `state` folds statistics into the factors: pass it as
+        `kfac_stats(..., update_curvature=config.curvature_due(state))`.
+
+        Example:
+            >>> import equinox as eqx, jax, jax.numpy as jnp
+            >>> from respax.core import GaussianLoss
+            >>> from respax.curvature import capture_layers, kfac
+            >>> lin = eqx.nn.Linear(2, 1, key=jax.random.key(0))
+            >>> plan = capture_layers(lin, GaussianLoss(), jnp.zeros(2))
+            >>> cfg = KFACConfig(curvature_update_period=2)
+            >>> state = kfac(plan, cfg).init(eqx.filter(lin, eqx.is_inexact_array))
+            >>> later = state._replace(step=jnp.asarray(1))
+            >>> bool(cfg.curvature_due(state)), bool(cfg.curvature_due(later))
+            (True, False)
+        """
+        if self.curvature_update_period == 1:
+            return jnp.asarray(True)
+        return state.step % self.curvature_update_period == 0
 
 
 class KFACState(NamedTuple):
@@ -189,6 +280,7 @@ def kfac(
 
     def init(params):
         diff, _ = eqx.partition(params, eqx.is_inexact_array)
+        _check_plan_params(plan, diff, "params")
         factors = _zero_factors(plan, diff)
         dtype = jnp.result_type(*[x.dtype for x in jax.tree.leaves(diff)])
         # The damped inverses of the zero factors at damping 1 (pi = 1): identities. Built
@@ -199,18 +291,19 @@ def kfac(
             factors,
         )
         f = lambda v: jnp.asarray(v, dtype)
+        step0 = jnp.zeros((), jnp.int32)
         return KFACState(
             step=jnp.zeros((), jnp.int32),
             factors=factors,
             ema_weight=f(0.0),
             inverses=inverses,
-            damping=f(cfg.damping),
+            damping=_at_step(cfg.damping, step0, dtype),
             velocity=otu.zeros_like(diff),
             num_skipped=jnp.zeros((), jnp.int32),
             num_fallbacks=jnp.zeros((), jnp.int32),
             num_clipped=jnp.zeros((), jnp.int32),
-            learning_rate=f(cfg.learning_rate or 0.0),
-            momentum=f(cfg.momentum or 0.0),
+            learning_rate=_at_step(cfg.learning_rate, step0, dtype),
+            momentum=_at_step(cfg.momentum, step0, dtype),
             rho=f(jnp.nan),
             quad_change=f(jnp.nan),
         )
@@ -254,7 +347,15 @@ def kfac(
             stats,
         )
         ema_weight = decay * state.ema_weight + (1 - decay)
-        damping = state.damping
+        if cfg.curvature_update_period > 1:
+            # Statistics only every k steps: on the other steps the factors stay as they are.
+            due = cfg.curvature_due(state)
+            factors = jax.tree.map(lambda a, b: jnp.where(due, a, b), factors, state.factors)
+            ema_weight = jnp.where(due, ema_weight, state.ema_weight)
+        if callable(cfg.damping) and not cfg.adapt_damping:
+            damping = _at_step(cfg.damping, state.step, dtype)
+        else:
+            damping = state.damping
         gamma = damping + eta
 
         # 2. Inverse refresh every T steps: factored-Tikhonov damped inverses by Cholesky (eigh
@@ -326,11 +427,11 @@ def kfac(
                 alpha = jnp.where(use_2d, alpha2, alpha1)
                 mu = jnp.where(use_2d, mu2, 0.0)
             else:
-                mu = jnp.asarray(cfg.momentum, dtype)
+                mu = _at_step(cfg.momentum, state.step, dtype)
                 alpha = -(b[0] + mu * m[0, 1]) / jnp.maximum(m[0, 0], tiny)
         else:
-            alpha = jnp.asarray(cfg.learning_rate, dtype)
-            mu = jnp.asarray(cfg.momentum or 0.0, dtype)
+            alpha = _at_step(cfg.learning_rate, state.step, dtype)
+            mu = _at_step(cfg.momentum, state.step, dtype)
             if cfg.norm_constraint is not None:
                 sq = -g_dot_delta * alpha**2  # α^2 Δ̂^T ∇h with Δ̂ = -Δ, >= 0 for PSD F̃
                 scale = jnp.minimum(1.0, jnp.sqrt(cfg.norm_constraint / jnp.maximum(sq, 1e-30)))
