@@ -41,5 +41,12 @@ from ._solvers import (
     lissa as lissa,
     neumann_series as neumann_series,
 )
+from ._stats import (
+    BootstrapCI as BootstrapCI,
+    average_ranks as average_ranks,
+    bootstrap_ci as bootstrap_ci,
+    pearson as pearson,
+    spearman as spearman,
+)
 
 __version__ = _version("respax-core")

@@ -2,6 +2,8 @@
 
 from importlib.metadata import version as _version
 
+from respax.core import pearson as pearson, spearman as spearman
+
 from . import superposition as superposition
 
 # Influence functions (fit_factors -> pairwise_scores / self_scores) over every solver, the PBRF,
@@ -11,8 +13,6 @@ from ._evaluation import (
     linear_datamodeling_score as linear_datamodeling_score,
     loo_correlation as loo_correlation,
     mislabel_auc as mislabel_auc,
-    pearson as pearson,
-    spearman as spearman,
 )
 from ._influence import (
     fit_factors as fit_factors,

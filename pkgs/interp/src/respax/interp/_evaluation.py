@@ -1,44 +1,12 @@
 """Evaluation of influence estimates: leave-one-out correlation, the linear datamodeling score and
-mislabeled-example detection, as small pure functions over arrays (ties get average ranks)."""
+mislabeled-example detection, as small pure functions over arrays (ties get average ranks). The
+correlations themselves are `respax.core`'s `pearson` and `spearman`."""
 
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float
 
-
-def _ranks(x: Float[Array, " n"]) -> Float[Array, " n"]:
-    """Ranks 1..n with ties given their average rank."""
-    s = jnp.sort(x)
-    lo = jnp.searchsorted(s, x, side="left")
-    hi = jnp.searchsorted(s, x, side="right")
-    return (lo + hi + 1) / 2.0
-
-
-def pearson(a: Float[Array, "... n"], b: Float[Array, "... n"]) -> Float[Array, "..."]:
-    """Pearson correlation along the last axis.
-
-    Example:
-        >>> import jax.numpy as jnp
-        >>> from respax.interp import pearson
-        >>> float(pearson(jnp.array([1.0, 2.0, 3.0]), jnp.array([2.0, 4.0, 7.0]))) > 0.99
-        True
-    """
-    a = a - jnp.mean(a, axis=-1, keepdims=True)
-    b = b - jnp.mean(b, axis=-1, keepdims=True)
-    return jnp.sum(a * b, axis=-1) / jnp.sqrt(jnp.sum(a * a, axis=-1) * jnp.sum(b * b, axis=-1))
-
-
-def spearman(a: Float[Array, "... n"], b: Float[Array, "... n"]) -> Float[Array, "..."]:
-    """Spearman rank correlation along the last axis (Pearson of average ranks).
-
-    Example:
-        >>> import jax.numpy as jnp
-        >>> from respax.interp import spearman
-        >>> float(spearman(jnp.array([1.0, 2.0, 3.0]), jnp.array([1.0, 10.0, 100.0])))
-        1.0
-    """
-    rank = lambda x: jnp.apply_along_axis(_ranks, -1, x) if x.ndim > 1 else _ranks(x)
-    return pearson(rank(a), rank(b))
+from respax.core import average_ranks, pearson, spearman
 
 
 def loo_correlation(
@@ -97,7 +65,7 @@ def mislabel_auc(
         1.0
     """
     pos = jnp.asarray(is_mislabeled, bool)
-    r = _ranks(self_influence)
+    r = average_ranks(self_influence)
     n_pos = jnp.sum(pos)
     n_neg = pos.shape[0] - n_pos
     u = jnp.sum(jnp.where(pos, r, 0.0)) - n_pos * (n_pos + 1) / 2.0
