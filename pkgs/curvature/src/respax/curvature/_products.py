@@ -1,18 +1,15 @@
 """Curvature-vector products over parameter pytrees as lineax operators.
 
 All operators follow the model/output-loss contract: `apply(params, x) -> outputs` maps ONE
-example to
-an output vector of shape `(k,)`; the curvature is that of the batch-mean loss
+example to an output vector of shape `(k,)`; the curvature is that of the batch-mean loss
 `(1/b) sum_n output_loss.loss(apply(params, x_n), y_n)`.
 
 Every curvature except the Hessian has the form `(1/b) sum_n J_n^T M_n J_n`, with `J_n` the
-Jacobian of
-the outputs of example `n` in the parameters and `M_n` a PSD matrix in output space:
+Jacobian of the outputs of example `n` in the parameters and `M_n` a PSD matrix in output space:
 
 - GGN / exact (type-2) Fisher: `M_n = S_n S_n^T`, the output Hessian through `hessian_sqrt`;
 - Monte-Carlo Fisher: `M_n = (1/m) sum_s e_s e_s^T`, `e_s` the output-gradient of the loss at a
-label
-  sampled from the model's predictive distribution;
+  label sampled from the model's predictive distribution;
 - empirical Fisher: `M_n = e e^T`, `e` the output-gradient at the true label.
 
 The Jacobian is linearised once when the operator is built, so each `mv` costs one JVP and one VJP
