@@ -5,6 +5,7 @@ import os
 import pathlib
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -52,3 +53,42 @@ def test_bench_runs_every_benchmark_script(tmp_path):
     assert ran == scripts
     for call in calls:
         assert "--group bench" in call and "--quick" in call and "--json results/bench/" in call
+
+
+def test_ci_runs_the_tests_then_the_slow_tests_with_ci_set(tmp_path):
+    log = tmp_path / "make.txt"
+    fake = tmp_path / "bin" / "make"
+    fake.parent.mkdir()
+    fake.write_text(f'#!/bin/sh\necho "$* CI=$CI" >> {log}\n')
+    fake.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k != "CI"}
+    env["PATH"] = f"{fake.parent}{os.pathsep}{env['PATH']}"
+    proc = subprocess.run(
+        ["bash", str(_REPO / ".ci" / "run")], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert log.read_text().splitlines() == ["test CI=true", "test-slow CI=true"]
+
+
+def test_ci_profile_is_derandomized():
+
+    code = (
+        "import hypothesis, sys; sys.path.insert(0, 'tests'); import conftest; "
+        "print(hypothesis.settings().derandomize)"
+    )
+    outs = {}
+    for ci in ("true", ""):
+        env = {k: v for k, v in os.environ.items() if k != "CI"}
+        if ci:
+            env["CI"] = ci
+        proc = subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=_REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 0, proc.stderr
+        outs[ci] = proc.stdout.split()[-1]
+    assert outs == {"true": "True", "": "False"}
