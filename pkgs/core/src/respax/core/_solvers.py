@@ -461,7 +461,7 @@ def linear_solve_with_info(
         >>> from respax.core import CG, linear_solve_with_info
         >>> A = lx.MatrixLinearOperator(jnp.diag(jnp.array([2.0, 4.0])), lx.symmetric_tag)
         >>> x, info = linear_solve_with_info(A, jnp.array([2.0, 4.0]), CG(max_steps=2))
-        >>> x, int(info.matvecs), bool(info.converged)
+        >>> x.round(4), int(info.matvecs), bool(info.converged)
         (Array([1., 1.], dtype=float32), 2, True)
     """
     if not isinstance(solver, lx.AbstractLinearSolver):

@@ -48,7 +48,8 @@ class BilevelConfig(eqx.Module):
 
     Example:
         >>> import optax
-        >>> from respax.implicit_diff import BilevelConfig, CG, Implicit
+        >>> from respax.core import CG
+        >>> from respax.implicit_diff import BilevelConfig, Implicit
         >>> config = BilevelConfig(Implicit(CG(50)), optax.sgd(0.1), warm_start=True,
         ...                        inner_optimizer=optax.sgd(0.1), num_inner_steps=10)
     """
