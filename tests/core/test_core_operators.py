@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from respax.core import hessian_operator, hvp
+from respax.core import hvp, hvp_operator
 
 
 def _loss(params, x):
@@ -25,12 +25,12 @@ def _params(dtype):
 
 
 @pytest.mark.float64
-def test_hessian_operator_matches_dense_hessian():
+def test_hvp_operator_matches_dense_hessian():
     params = _params(jnp.float64)
     x = jnp.linspace(-1, 1, 15, dtype=jnp.float64).reshape(5, 3)
     flat, unravel = ravel_pytree(params)
     dense = jax.hessian(lambda f: _loss(unravel(f), x))(flat)
-    op = hessian_operator(_loss, params, x)
+    op = hvp_operator(_loss, params, x)
     assert lx.is_symmetric(op)
     matvec = jax.jit(lambda v: ravel_pytree(op.mv(unravel(v)))[0])
     ours = jax.vmap(matvec)(jnp.eye(flat.size))

@@ -33,13 +33,23 @@ from ._losses import (
     OutputLoss as OutputLoss,
     SoftmaxCrossEntropy as SoftmaxCrossEntropy,
 )
-from ._operators import hessian_operator as hessian_operator, hvp as hvp
-from ._solvers import (
-    SolveInfo as SolveInfo,
+from ._operators import hvp as hvp, hvp_operator as hvp_operator
+from ._legacy_solvers import (
     as_matvec as as_matvec,
     conjugate_gradient as conjugate_gradient,
-    lissa as lissa,
+    lissa as lissa_legacy,
     neumann_series as neumann_series,
+)
+from ._solvers import (
+    CG as CG,
+    RESULTS as RESULTS,
+    Neumann as Neumann,
+    SolveInfo as SolveInfo,
+    as_operator as as_operator,
+    damped as damped,
+    default_rtol as default_rtol,
+    linear_solve_with_info as linear_solve_with_info,
+    lissa as lissa,
 )
 from ._stats import (
     BootstrapCI as BootstrapCI,

@@ -31,7 +31,7 @@ def hvp(loss_fn: Callable[..., Any], params: Params, tangent: Vector, *args: Any
     return jax.jvp(grad_fn, (params,), (tangent,))[1]
 
 
-def hessian_operator(
+def hvp_operator(
     loss_fn: Callable[..., Any], params: Params, *args: Any
 ) -> lx.FunctionLinearOperator:
     """The Hessian of `loss_fn(params, *args)` in `params` as a symmetric lineax operator.
@@ -41,8 +41,8 @@ def hessian_operator(
 
     Example:
         >>> import jax.numpy as jnp
-        >>> from respax.core import hessian_operator
-        >>> op = hessian_operator(lambda w, a: 0.5 * a * (w**2).sum(), jnp.ones(2), 2.0)
+        >>> from respax.core import hvp_operator
+        >>> op = hvp_operator(lambda w, a: 0.5 * a * (w**2).sum(), jnp.ones(2), 2.0)
         >>> op.mv(jnp.array([1.0, 1.0]))
         Array([2., 2.], dtype=float32)
     """

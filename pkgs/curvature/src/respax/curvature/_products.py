@@ -79,6 +79,28 @@ def _batched_apply(apply, static, inputs):
     return f
 
 
+class _CurvatureOperator(lx.FunctionLinearOperator):
+    """A `lineax.FunctionLinearOperator` whose `mv` checks its argument first: lineax closure-
+    converts the function, so a vector of another structure would fail inside it with
+    `Closure-converted function called with different dynamic arguments`."""
+
+    def mv(self, vector):
+        structure = self.in_structure()
+        want, got = jax.tree.structure(structure), jax.tree.structure(vector)
+        if got != want:
+            raise ValueError(
+                "`vector` must have the structure of the operator's vectors (the float part of "
+                f"`params`, `split_params(params)[0]`); got\n  vector: {got}\n  expected: {want}"
+            )
+        for i, (x, s) in enumerate(zip(jax.tree.leaves(vector), jax.tree.leaves(structure))):
+            if tuple(jnp.shape(x)) != tuple(s.shape):
+                raise ValueError(
+                    f"`vector` has shape {tuple(jnp.shape(x))} at leaf {i} where the operator's "
+                    f"vectors have {tuple(s.shape)}."
+                )
+        return super().mv(vector)
+
+
 def _jm_operator(apply, params, inputs, output_matvec) -> lx.FunctionLinearOperator:
     """`v -> (1/b) sum_n J_n^T M_n J_n v` with `output_matvec(outputs_tangent) -> M outputs_tangent`
     acting on the whole batch `(b, k)`."""
@@ -95,9 +117,7 @@ def _jm_operator(apply, params, inputs, output_matvec) -> lx.FunctionLinearOpera
         return out
 
     structure = jax.eval_shape(lambda: diff)
-    return lx.FunctionLinearOperator(
-        mv, structure, (lx.symmetric_tag, lx.positive_semidefinite_tag)
-    )
+    return _CurvatureOperator(mv, structure, (lx.symmetric_tag, lx.positive_semidefinite_tag))
 
 
 def ggn_operator(
@@ -151,7 +171,7 @@ def fisher_operator(
     params: Params,
     inputs: Any,
     *,
-    mode: Literal["exact", "mc"] = "exact",
+    mode: Literal["expected", "mc"] = "expected",
     key: PRNGKeyArray | None = None,
     num_samples: int = 1,
 ) -> lx.FunctionLinearOperator:
@@ -162,10 +182,12 @@ def fisher_operator(
         output_loss: the output loss (the negative log-likelihood).
         params: the parameters.
         inputs: a batch of inputs.
-        mode: `"exact"`: the expectation over labels in closed form (equal to the GGN for the
-            canonical losses); `"mc"`: a Monte-Carlo estimate with `num_samples` labels per example
-            drawn with `output_loss.sample_targets` (fixed once, when the operator is built).
-        key: PRNG key, required for `mode="mc"`.
+        mode: `"expected"` (default): the expectation over labels in closed form, the analytic
+            Fisher (equal to the GGN for the canonical losses; the same name as in `kfac_stats`
+            and `fit_kfac_factors`); `"mc"`: a Monte-Carlo estimate with `num_samples` labels per
+            example drawn with `output_loss.sample_targets` (fixed once, when the operator is
+            built).
+        key: PRNG key, required for `mode="mc"` and used by no other mode.
         num_samples: labels per example for `mode="mc"`.
 
     Returns:
@@ -181,12 +203,13 @@ def fisher_operator(
         >>> op.mv(jnp.ones((3, 2))).shape
         (3, 2)
     """
-    if mode == "exact":
+    if mode == "expected":
         return ggn_operator(apply, output_loss, params, inputs)
     if mode != "mc":
-        raise ValueError(f"`mode` must be 'exact' or 'mc', got {mode!r}.")
+        hint = " (the analytic Fisher is now called 'expected')" if mode == "exact" else ""
+        raise ValueError(f"`mode` must be 'expected' or 'mc', got {mode!r}{hint}.")
     if key is None:
-        raise ValueError("`key` is required for mode='mc'.")
+        raise ValueError("`key` is required for mode='mc' (a PRNG key for the sampled labels).")
     check_positive_int("num_samples", num_samples)
     _check_apply(apply)
     _check_loss(output_loss)
@@ -241,10 +264,9 @@ def hessian_operator(
 ) -> lx.FunctionLinearOperator:
     """The Hessian of the batch-mean loss in the parameters, as a symmetric lineax operator.
 
-    Unlike `respax.core.hessian_operator` (any scalar loss), this one takes the model/output-loss
+    Unlike `respax.core.hvp_operator` (any scalar loss), this one takes the model/output-loss
     contract, so it is interchangeable with `ggn_operator` and the Fisher operators. Each `mv` is
-    one
-    forward-over-reverse product.
+    one forward-over-reverse product.
 
     Example:
         >>> import jax.numpy as jnp
@@ -265,4 +287,4 @@ def hessian_operator(
     grad_fn = jax.grad(loss_fn)
     _, hvp_fn = jax.linearize(grad_fn, diff)
     structure = jax.eval_shape(lambda: diff)
-    return lx.FunctionLinearOperator(hvp_fn, structure, lx.symmetric_tag)
+    return _CurvatureOperator(hvp_fn, structure, lx.symmetric_tag)
