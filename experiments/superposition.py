@@ -318,14 +318,19 @@ def sweep_claims(cfg: Config, sweep):
 
 def plot_sweep(cfg: Config, sweep, ctx):
     import matplotlib.pyplot as plt
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
 
     densities = cfg.sweep_densities
     for model, r in sweep.items():
         d = len(densities)
-        fig, axes = plt.subplots(2, d, figsize=(2.2 * d, 4.6), squeeze=False)
+        # constrained layout makes room for the colour bars and keeps labels off the ticks.
+        fig, axes = plt.subplots(
+            2, d, figsize=(2.2 * d + 1.6, 4.8), squeeze=False, layout="constrained"
+        )
         for j in range(d):
             W = r["W"][0, j]
-            axes[0, j].imshow(W @ W.T, cmap="RdBu_r", vmin=-1, vmax=1)
+            image = axes[0, j].imshow(W @ W.T, cmap="RdBu_r", vmin=-1, vmax=1)
             axes[0, j].set_title(f"1-S={densities[j]:g}", fontsize=9)
             axes[0, j].set_xticks([])
             axes[0, j].set_yticks([])
@@ -334,15 +339,20 @@ def plot_sweep(cfg: Config, sweep, ctx):
             axes[1, j].barh(np.arange(len(norms)), norms, color=colors)
             axes[1, j].invert_yaxis()
             axes[1, j].set_xlim(0, 1.2)
+            axes[1, j].set_xticks([0, 0.5, 1])
             axes[1, j].set_yticks([])
+            axes[1, j].tick_params(labelsize=8)
             axes[1, j].set_xlabel("||W_i||", fontsize=8)
-        axes[0, 0].set_ylabel("W^T W")
-        axes[1, 0].set_ylabel("feature (importance 0.7^i)")
-        fig.suptitle(
-            f"{model} output, n=20, m=5 (seed 0). Bars: ||W_i||, colour: superposition "
-            "sum_j (W_i^ . W_j)^2 (dark 0, yellow >= 1)",
-            fontsize=10,
+        axes[0, 0].set_ylabel("WᵀW", fontsize=9)
+        axes[1, 0].set_ylabel("feature i\n(importance 0.7^i)", fontsize=8)
+        fig.colorbar(image, ax=axes[0, :], shrink=0.9, label="WᵀW entry")
+        fig.colorbar(
+            ScalarMappable(Normalize(0, 1), cmap="viridis"),
+            ax=axes[1, :],
+            shrink=0.9,
+            label="Σ_j (Ŵ_i·W_j)², j≠i",
         )
+        fig.suptitle(f"{model} output, n=20, m=5 (seed 0); bars ||W_i||", fontsize=10)
         ctx.save_figure(fig, f"sweep_{model}.png")
 
 
@@ -547,16 +557,35 @@ def geometry_claims(cfg: Config, geo):
     return claims, metrics
 
 
+def _plain_log_ticks(axis) -> None:
+    """Label a log axis at 1, 2, 5, 10, 20, ... only, as plain numbers (no crowded minor labels)."""
+    from matplotlib.ticker import LogLocator, NullFormatter, StrMethodFormatter
+
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(StrMethodFormatter("{x:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def _spread(values, gap: float) -> list[float]:
+    """Label heights near `values` (any order) that keep at least `gap` between neighbours."""
+    order = np.argsort(values)
+    out = np.asarray(values, dtype=float).copy()
+    for previous, current in zip(order[:-1], order[1:], strict=True):
+        out[current] = max(out[current], out[previous] + gap)
+    return out.tolist()
+
+
 def plot_geometry(cfg: Config, geo, ctx):
     import matplotlib.pyplot as plt
 
     inv = 1 / geo["density"]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    fig, axes = plt.subplots(1, 3, figsize=(15.5, 4), layout="constrained")
     ax = axes[0]
     for seed in range(geo["dstar"].shape[0]):
         ax.plot(inv, geo["dstar"][seed], "o-", color="k", alpha=0.7)
     ax.axhline(0.5, color="r", ls="--", lw=1, label="1/2")
     ax.set_xscale("log")
+    _plain_log_ticks(ax.xaxis)
     ax.set_xlabel("1/(1-S)")
     ax.set_ylabel("D* = m / ||W||_F^2")
     ax.set_title("dimensions per feature")
@@ -567,10 +596,24 @@ def plot_geometry(cfg: Config, geo, ctx):
             keep = geo["norms"][seed, j] > 0.5
             jitter = x * np.exp(np.random.default_rng(j).normal(0, 0.03, keep.sum()))
             ax.scatter(jitter, geo["dims"][seed, j][keep], s=3, alpha=0.4, color="C0")
-    for name, f in sp.POLYTOPE_FRACTIONS.items():
+    names, fractions = zip(*sp.POLYTOPE_FRACTIONS.items(), strict=True)
+    # Labels outside the axes on the right, spread apart where fractions are close (2/5 and
+    # 3/8), each joined to its line.
+    for name, f, y in zip(names, fractions, _spread(fractions, 0.045), strict=True):
         ax.axhline(f, color="gray", lw=0.6, ls=":")
-        ax.text(inv[-1] * 1.05, f, name, fontsize=7, va="center")
+        ax.annotate(
+            name,
+            xy=(1.0, f),
+            xycoords=("axes fraction", "data"),
+            xytext=(1.04, y),
+            textcoords=("axes fraction", "data"),
+            fontsize=7,
+            va="center",
+            annotation_clip=False,
+            arrowprops={"arrowstyle": "-", "color": "gray", "lw": 0.5},
+        )
     ax.set_xscale("log")
+    _plain_log_ticks(ax.xaxis)
     ax.set_xlabel("1/(1-S)")
     ax.set_ylabel("D_i (features with ||W_i||>0.5)")
     ax.set_title("feature dimensionality")
@@ -584,9 +627,10 @@ def plot_geometry(cfg: Config, geo, ctx):
             ls="--",
         )
     ax.set_yscale("log")
+    _plain_log_ticks(ax.yaxis)
     ax.set_xlabel("D_i (red: detected peak)")
+    ax.set_ylabel("features")
     ax.set_title("histogram of D_i")
-    fig.tight_layout()
     ctx.save_figure(fig, "geometry.png")
 
 
