@@ -55,6 +55,7 @@ from respax.implicit_diff import (
     bilevel_run,
     run_inner_optimizer,
 )
+from respax.testing import quadratic_bilevel_problem
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,24 +154,13 @@ def _quadratic_order(quad: dict) -> dict:
     return {n: quad[n] for n in sorted(quad, key=key)}
 
 
-def _quadratic(cfg: Config, seed: int):
-    d, p, m = cfg.quad_inner_dim, cfg.quad_outer_dim, cfg.quad_outputs
-    rng = np.random.default_rng(seed)
-    q, _ = np.linalg.qr(rng.normal(size=(d, d)))
-    a = (q * np.linspace(1.0, 4.0, d)) @ q.T
-    b = rng.normal(size=(d, p)) / np.sqrt(p)
-    c = rng.normal(size=(m, d))
-    t = rng.normal(size=m)
-    jac = c @ np.linalg.solve(a, b)
-    return a, b, c, t, jac
-
-
 def _run_quadratic(cfg: Config, seed: int) -> dict:
-    a_np, b_np, c_np, t_np, jac = _quadratic(cfg, seed)
-    a, b, c, t = (jnp.asarray(x, jnp.float64) for x in (a_np, b_np, c_np, t_np))
-    u_dagger = np.linalg.pinv(jac) @ t_np
-    inner = lambda u, w: 0.5 * w @ a @ w - w @ b @ u
-    outer = lambda u, w: 0.5 * jnp.sum((c @ w - t) ** 2)
+    problem = quadratic_bilevel_problem(
+        cfg.quad_inner_dim, cfg.quad_outer_dim, cfg.quad_outputs, seed=seed
+    )
+    inner, outer = problem.functions(jnp.float64)
+    jac, t_np = problem.jacobian(), problem.target
+    u_dagger = problem.min_norm_solution()
     outer_lr = 1.0 / np.linalg.norm(jac, 2) ** 2
     # Heavy-ball momentum keeps u0 + span(hypergradients), so the min-norm argument still holds.
     outer_opt = lambda scale=1.0: optax.sgd(scale * outer_lr, momentum=0.9)

@@ -18,22 +18,15 @@ from respax.implicit_diff import (
     bilevel_run,
     hypergradient,
 )
+from respax.testing import quadratic_bilevel_problem
 
 D, P, M = 8, 12, 5  # inner dim, outer dim (overparameterized: P > M), outer residual dim
 
 
 def _quadratic(seed=0):
-    rng = np.random.default_rng(seed)
-    q, _ = np.linalg.qr(rng.normal(size=(D, D)))
-    a = (q * np.linspace(1.0, 4.0, D)) @ q.T
-    b = rng.normal(size=(D, P)) / np.sqrt(P)
-    c = rng.normal(size=(M, D))
-    t = rng.normal(size=M)
-    a, b, c, t = (jnp.asarray(v) for v in (a, b, c, t))
-    inner = lambda u, w: 0.5 * w @ a @ w - w @ b @ u
-    outer = lambda u, w: 0.5 * jnp.sum((c @ w - t) ** 2)
-    jac = np.asarray(c @ jnp.linalg.solve(a, b))  # F(u, w*(u)) = 1/2 |jac u - t|^2
-    return inner, outer, jac, np.asarray(t)
+    problem = quadratic_bilevel_problem(D, P, M, seed=seed)
+    inner, outer = problem.functions(jnp.float64)
+    return inner, outer, problem.jacobian(), problem.target  # F(u, w*(u)) = 1/2 |jac u - t|^2
 
 
 def _outer_lr(jac):

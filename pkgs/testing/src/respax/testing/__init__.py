@@ -2,11 +2,16 @@
 
 Strategies (`pytrees`, `pytrees_like`, `spd_matrices`, `prng_keys`, `small_mlps`) draw test
 inputs; the checkers (`tree_allclose`, `assert_tree_allclose`, `check_directional_derivative`,
-`dense_matrix`, `dense_vector`) compare a transform with an independent oracle.
+`dense_matrix`, `dense_vector`) compare a transform with an independent oracle; problems with
+closed-form solutions (`quadratic_bilevel_problem`) serve as oracles for whole algorithms.
 """
 
 from importlib.metadata import version as _version
 
+from ._bilevel_problems import (
+    QuadraticBilevelProblem as QuadraticBilevelProblem,
+    quadratic_bilevel_problem as quadratic_bilevel_problem,
+)
 from ._dense import dense_matrix as dense_matrix
 from ._finite_differences import (
     DirectionalDerivativeCheck as DirectionalDerivativeCheck,
@@ -27,6 +32,7 @@ from ._trees import (
 
 __all__ = [
     "DirectionalDerivativeCheck",
+    "QuadraticBilevelProblem",
     "assert_tree_allclose",
     "check_directional_derivative",
     "dense_matrix",
@@ -34,6 +40,7 @@ __all__ = [
     "prng_keys",
     "pytrees",
     "pytrees_like",
+    "quadratic_bilevel_problem",
     "small_mlps",
     "spd_matrices",
     "tree_allclose",
