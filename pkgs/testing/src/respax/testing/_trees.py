@@ -64,7 +64,10 @@ def tree_allclose(
     """
     if _mismatch(a, b, check_dtypes) is not None:
         return False
-    return bool(optax.tree.allclose(a, b, rtol=rtol, atol=atol, equal_nan=equal_nan))
+    # Leaves of different dtypes are compared on purpose (check_dtypes=False): promote them
+    # with the standard rules even where the caller runs with strict dtype promotion.
+    with jax.numpy_dtype_promotion("standard"):
+        return bool(optax.tree.allclose(a, b, rtol=rtol, atol=atol, equal_nan=equal_nan))
 
 
 def assert_tree_allclose(
@@ -102,7 +105,11 @@ def assert_tree_allclose(
     for (path, leaf_actual), leaf_desired in zip(
         jax.tree.leaves_with_path(actual), jax.tree.leaves(desired), strict=True
     ):
-        if bool(jnp.allclose(leaf_actual, leaf_desired, rtol=rtol, atol=atol, equal_nan=equal_nan)):
+        with jax.numpy_dtype_promotion("standard"):  # as in tree_allclose
+            close = jnp.allclose(
+                leaf_actual, leaf_desired, rtol=rtol, atol=atol, equal_nan=equal_nan
+            )
+        if bool(close):
             continue
         x = np.asarray(leaf_actual, dtype=np.float64)
         y = np.asarray(leaf_desired, dtype=np.float64)
