@@ -599,7 +599,7 @@ def plot_geometry(cfg: Config, geo, ctx):
     names, fractions = zip(*sp.POLYTOPE_FRACTIONS.items(), strict=True)
     # Labels outside the axes on the right, spread apart where fractions are close (2/5 and
     # 3/8), each joined to its line.
-    for name, f, y in zip(names, fractions, _spread(fractions, 0.045), strict=True):
+    for name, f, y in zip(names, fractions, _spread(fractions, 0.08), strict=True):
         ax.axhline(f, color="gray", lw=0.6, ls=":")
         ax.annotate(
             name,
