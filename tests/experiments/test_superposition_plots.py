@@ -22,8 +22,13 @@ class _Ctx:
         self.figures[name] = fig
 
 
-def _overlaps(texts) -> list[tuple[str, str]]:
-    boxes = [(t.get_text(), t.get_window_extent()) for t in texts if t.get_text().strip()]
+def _overlaps(texts, pad: float = 3.0) -> list[tuple[str, str]]:
+    """Pairs of labels closer than `pad` pixels (touching labels read as one: "3×10⁰4×10⁰")."""
+    boxes = [
+        (t.get_text(), t.get_window_extent().expanded(1, 1).padded(pad / 2))
+        for t in texts
+        if t.get_text().strip()
+    ]
     return [
         (a, b)
         for i, (a, box_a) in enumerate(boxes)
