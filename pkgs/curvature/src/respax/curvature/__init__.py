@@ -11,7 +11,7 @@
   inputs and output cotangents, for rank-one per-example gradient products).
 - K-FAC as an optax transform: `kfac`, `KFACConfig`, `KFACState`, `kfac_report`.
 - Kronecker factors as pytrees: `KFACFactors`, `fit_kfac_factors`, `EKFACFactors`, `fit_ekfac`,
-  `damped_inverse`.
+  `kfac_eigendecomposition` (K-FAC in eigen form, as `EKFACFactors`), `damped_inverse`.
 """
 
 from importlib.metadata import version as _version
@@ -43,6 +43,7 @@ from ._factors import (
     damped_inverse as damped_inverse,
     fit_ekfac as fit_ekfac,
     fit_kfac_factors as fit_kfac_factors,
+    kfac_eigendecomposition as kfac_eigendecomposition,
 )
 from ._kfac import (
     KFACConfig as KFACConfig,

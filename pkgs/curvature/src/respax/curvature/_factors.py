@@ -37,6 +37,7 @@ __all__ = [
     "damped_inverse",
     "fit_ekfac",
     "fit_kfac_factors",
+    "kfac_eigendecomposition",
 ]
 
 
@@ -498,22 +499,54 @@ class EKFACFactors(eqx.Module):
         )
 
 
-def _eigenbases(factors: KFACFactors) -> list[dict]:
-    out = []
+def kfac_eigendecomposition(factors: KFACFactors) -> EKFACFactors:
+    """K-FAC factors in eigen form: the eigenbases of every factor, as `EKFACFactors` whose
+    eigenvalues are those of K-FAC itself (no correction).
+
+    On a Kronecker group `A (x) G = (UA (x) UG) diag(outer(s_G, s_A)) (UA (x) UG)^T`, so `D` is
+    `outer(max(s_G, 0), max(s_A, 0))`; dense groups get `U` and `max(s, 0)`, diagonal groups keep
+    their diagonal. Damping added to the result (`inverse_vp(v, damping)`) goes exactly onto the
+    Kronecker product's eigenvalues, which is how "K-FAC with eigenvalue damping" is applied; the
+    bases are also what `fit_ekfac` corrects.
+
+    Args:
+        factors: from `fit_kfac_factors` (or `kfac_factors_from_state`).
+
+    Returns:
+        `EKFACFactors` equal to the K-FAC curvature, up to clipping negative factor eigenvalues.
+
+    Example:
+        >>> import equinox as eqx, jax, jax.numpy as jnp
+        >>> from respax.core import GaussianLoss
+        >>> from respax.curvature import capture_layers, fit_kfac_factors, kfac_eigendecomposition
+        >>> lin = eqx.nn.Linear(2, 1, key=jax.random.key(0))
+        >>> plan = capture_layers(lin, GaussianLoss(), jnp.zeros(2))
+        >>> kf = fit_kfac_factors(plan, lin, jax.random.normal(jax.random.key(1), (8, 2)))
+        >>> eig = kfac_eigendecomposition(kf)
+        >>> g = eqx.filter(lin, eqx.is_inexact_array)
+        >>> bool(jnp.allclose(eig.mv(g).weight, kf.mv(g).weight, atol=1e-5))
+        True
+    """
+    if not isinstance(factors, KFACFactors):
+        raise TypeError(
+            f"`factors` must be KFACFactors (from fit_kfac_factors), got {type(factors).__name__}."
+        )
+    blocks = []
     for info, blk in zip(factors.plan.layers, factors.blocks, strict=True):
         if info.is_kronecker:
-            _, ug = jnp.linalg.eigh(0.5 * (blk["G"] + blk["G"].T))
+            sg, ug = jnp.linalg.eigh(0.5 * (blk["G"] + blk["G"].T))
             if blk["A"].ndim == 1:
-                ua = None
+                sa, ua = blk["A"], None
             else:
-                _, ua = jnp.linalg.eigh(0.5 * (blk["A"] + blk["A"].T))
-            out.append({"UA": ua, "UG": ug})
+                sa, ua = jnp.linalg.eigh(0.5 * (blk["A"] + blk["A"].T))
+            d = jnp.outer(jnp.maximum(sg, 0.0), jnp.maximum(sa, 0.0))
+            blocks.append({"UA": ua, "UG": ug, "D": d})
         elif blk["F"].ndim == 2:
-            _, u = jnp.linalg.eigh(0.5 * (blk["F"] + blk["F"].T))
-            out.append({"U": u})
+            s, u = jnp.linalg.eigh(0.5 * (blk["F"] + blk["F"].T))
+            blocks.append({"U": u, "D": jnp.maximum(s, 0.0)})
         else:
-            out.append({})
-    return out
+            blocks.append({"D": blk["F"]})
+    return EKFACFactors(factors.plan, tuple(blocks))
 
 
 def fit_ekfac(
@@ -569,7 +602,8 @@ def fit_ekfac(
             num_samples=num_samples,
             batch_size=batch_size,
         )
-    bases = _eigenbases(factors)
+    # The eigenbases of K-FAC; their eigenvalues `D` are replaced by the corrections below.
+    bases = kfac_eigendecomposition(factors).blocks
     diff, _ = eqx.partition(params, eqx.is_inexact_array)
     if targets is None:
         targets = _dummy_targets(plan, params, inputs)

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from respax.core import OutputLoss, check_positive
+from respax.core import OutputLoss, check_positive, lanczos_top_k, power_iteration
 
 from ._influence_layers import (
     cached,
@@ -63,9 +63,6 @@ from ._influence_strategies import (
     diagonal_ggn,
     exact_dtype,
     gather,
-    kfac_as_eigen,
-    lanczos_top_eigenpairs,
-    power_iteration,
     scatter,
     segment_size,
     to_segments,
@@ -179,7 +176,7 @@ def _kronecker_fit_fn(apply, output_loss, params, inputs, strategy):
             kron = curvature.fit_kfac_factors(plan, params, inputs, targets, **kw)
             if isinstance(strategy, EKFAC):
                 return curvature.fit_ekfac(plan, params, inputs, targets, factors=kron, **kw)
-            return kfac_as_eigen(kron, curvature.EKFACFactors)
+            return curvature.kfac_eigendecomposition(kron)
 
         return fit
 
@@ -277,22 +274,28 @@ def _fit(
         cls = {CGStrategy: CGFactors, Neumann: NeumannFactors, LiSSA: LiSSAFactors}[type(strategy)]
         factors = cls(inputs=inputs, lambda_max=jnp.zeros((), model.flat.dtype), **common)
         if isinstance(strategy, Neumann | LiSSA):
-            lam = power_iteration(factors.matvec(model, inputs), v0, strategy.power_iterations)
+            mv = factors.matvec(model, inputs)
+            lam = power_iteration(
+                mv, key=key, max_steps=strategy.power_iterations, like=v0
+            ).eigenvalue
             factors = eqx.tree_at(lambda f: f.lambda_max, factors, lam)
         return factors
     if isinstance(strategy, Arnoldi):
         mv_full = lambda v: model.ggn_matvec(model.flat, inputs, v)
         evals, evecs = [], []
-        for seg in curv_segments:
+        for b, seg in enumerate(curv_segments):
             size = segment_size(seg)
             zeros = jnp.zeros((model.num_params,), model.flat.dtype)
             mv = lambda vb, seg=seg: gather(mv_full(scatter(zeros, seg, vb)), seg)
             rank = min(strategy.rank, size)
             iters = strategy.num_iterations or min(size, 2 * rank + 10)
             iters = max(min(iters, size), rank)
-            lam, vec = lanczos_top_eigenpairs(mv, gather(v0, seg), rank, iters)
-            evals.append(jnp.maximum(lam, 0.0))
-            evecs.append(vec)
+            like = jnp.zeros((size,), model.flat.dtype)
+            eig = lanczos_top_k(
+                mv, key=jax.random.fold_in(key, b), k=rank, num_iterations=iters, like=like
+            )
+            evals.append(jnp.maximum(eig.eigenvalues, 0.0))
+            evecs.append(eig.eigenvectors)
         return ArnoldiFactors(eigenvalues=tuple(evals), eigenvectors=tuple(evecs), **common)
     raise TypeError(f"unsupported strategy {type(strategy).__name__}.")
 

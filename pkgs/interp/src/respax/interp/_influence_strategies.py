@@ -589,27 +589,6 @@ def batched_pcg(matvec, precond, b: Float[Array, "m p"], num_iterations: int):
     return jax.lax.fori_loop(0, num_iterations, body, init)[0]
 
 
-def kfac_as_eigen(kfac_factors, ekfac_cls):
-    """K-FAC factors in EK-FAC form: eigenbases of A and G with `D = outer(s_G, s_A)`, so that
-    damping is added exactly to the Kronecker product's eigenvalues."""
-    blocks = []
-    for info, blk in zip(kfac_factors.plan.layers, kfac_factors.blocks, strict=True):
-        if info.is_kronecker:
-            sg, ug = jnp.linalg.eigh(0.5 * (blk["G"] + blk["G"].T))
-            if blk["A"].ndim == 1:
-                sa, ua = blk["A"], None
-            else:
-                sa, ua = jnp.linalg.eigh(0.5 * (blk["A"] + blk["A"].T))
-            d = jnp.outer(jnp.maximum(sg, 0.0), jnp.maximum(sa, 0.0))
-            blocks.append({"UA": ua, "UG": ug, "D": d})
-        elif blk["F"].ndim == 2:
-            s, u = jnp.linalg.eigh(0.5 * (blk["F"] + blk["F"].T))
-            blocks.append({"U": u, "D": jnp.maximum(s, 0.0)})
-        else:
-            blocks.append({"D": blk["F"]})
-    return ekfac_cls(kfac_factors.plan, tuple(blocks))
-
-
 # ----------------------------------------------------------------------------------------------
 # Fitting
 # ----------------------------------------------------------------------------------------------
@@ -707,53 +686,3 @@ def diagonal_ggn(
         lambda x, i: jnp.sum(rows_fn(x, i) ** 2, axis=0), (inputs, jnp.arange(n)), batch_size
     )
     return jnp.mean(sq, axis=0)
-
-
-def power_iteration(matvec, v0: Float[Array, " p"], num_iterations: int) -> Float[Array, ""]:
-    """Largest eigenvalue of a PSD operator by power iteration (a Rayleigh quotient)."""
-
-    def step(v, _):
-        w = matvec(v)
-        return w / (jnp.linalg.norm(w) + 1e-30), None
-
-    v, _ = jax.lax.scan(step, v0 / jnp.linalg.norm(v0), None, length=num_iterations)
-    return jnp.vdot(v, matvec(v))
-
-
-def lanczos_top_eigenpairs(
-    matvec, v0: Float[Array, " p"], rank: int, num_iterations: int
-) -> tuple[Float[Array, " r"], Float[Array, "r p"]]:
-    """Top-`rank` Ritz pairs of a symmetric operator from Lanczos with full reorthogonalization."""
-    p = v0.shape[0]
-    m = num_iterations
-    q0 = v0 / jnp.linalg.norm(v0)
-    basis = jnp.zeros((m + 1, p), v0.dtype).at[0].set(q0)
-
-    def body(j, carry):
-        basis, alphas, betas = carry
-        q = basis[j]
-        w = matvec(q)
-        alpha = jnp.vdot(q, w)
-        # Two rounds of full Gram-Schmidt against every basis vector so far (rows > j are zero).
-        w = w - basis.T @ (basis @ w)
-        w = w - basis.T @ (basis @ w)
-        beta = jnp.linalg.norm(w)
-        # On breakdown (an invariant subspace found) restart from a fresh orthogonal direction.
-        fresh = jax.random.normal(jax.random.fold_in(jax.random.key(1), j), (p,), v0.dtype)
-        fresh = fresh - basis.T @ (basis @ fresh)
-        fresh = fresh - basis.T @ (basis @ fresh)
-        scale_ok = beta > 1e-10 * (jnp.abs(alpha) + 1e-30)
-        fresh = fresh / jnp.maximum(jnp.linalg.norm(fresh), 1e-30)
-        nxt = jnp.where(scale_ok, w / jnp.where(scale_ok, beta, 1.0), fresh)
-        beta = jnp.where(scale_ok, beta, 0.0)
-        basis = basis.at[j + 1].set(nxt)
-        return basis, alphas.at[j].set(alpha), betas.at[j].set(beta)
-
-    alphas = jnp.zeros((m,), v0.dtype)
-    betas = jnp.zeros((m,), v0.dtype)
-    basis, alphas, betas = jax.lax.fori_loop(0, m, body, (basis, alphas, betas))
-    tri = jnp.diag(alphas) + jnp.diag(betas[:-1], 1) + jnp.diag(betas[:-1], -1)
-    evals, evecs = jnp.linalg.eigh(tri)
-    order = jnp.argsort(evals)[::-1][:rank]
-    ritz_vectors = (basis[:m].T @ evecs[:, order]).T
-    return evals[order], ritz_vectors
