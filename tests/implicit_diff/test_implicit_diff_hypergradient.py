@@ -476,3 +476,22 @@ def test_run_inner_optimizer_matches_gd_and_solve_inner_lbfgs_converges():
     w, info = solve_inner(inner, u, _to_w(jnp.zeros(D)), optax.lbfgs(), max_steps=200, tol=1e-12)
     assert bool(info.converged) and int(info.steps) < 200
     np.testing.assert_allclose(_from_w(w), w_star, rtol=1e-10)
+
+
+@pytest.mark.float64
+def test_damped_implicit_solve_matches_the_damped_closed_form():
+    arrays, gamma = _problem(5)
+    inner, outer = _losses(arrays, gamma)
+    a, b, u = arrays["a"], arrays["b"], arrays["u"]
+    _, w_star, g_w = _closed_form(arrays, gamma)
+    expected = b.T @ np.linalg.solve(a + 0.3 * np.eye(D), g_w) + gamma * u
+    g, _ = hypergradient(
+        outer,
+        inner,
+        _to_u(jnp.asarray(u)),
+        _to_w(jnp.asarray(w_star)),
+        Implicit(lx.Cholesky(), damping=0.3),
+    )
+    assert _relerr(_from_u(g), expected) <= 1e-10
+    with pytest.raises(ValueError, match="damping"):
+        Implicit(damping=-1.0)

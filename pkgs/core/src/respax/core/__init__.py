@@ -34,12 +34,6 @@ from ._losses import (
     SoftmaxCrossEntropy as SoftmaxCrossEntropy,
 )
 from ._operators import hvp as hvp, hvp_operator as hvp_operator
-from ._legacy_solvers import (
-    as_matvec as as_matvec,
-    conjugate_gradient as conjugate_gradient,
-    lissa as lissa_legacy,
-    neumann_series as neumann_series,
-)
 from ._solvers import (
     CG as CG,
     RESULTS as RESULTS,

@@ -93,7 +93,8 @@ class Implicit(eqx.Module):
     definite ones and fails (`RESULTS.singular`) on singular ones.
 
     Args:
-        linear_solver: the solver of `H v = grad_w F`.
+        linear_solver: the solver of `(H + damping I) v = grad_w F`.
+        damping: Tikhonov damping of the solve (>= 0; 0 solves with the inner Hessian itself).
         throw: raise (inside jit too) when the solve fails (CG short of its tolerance, an
             indefinite Hessian, a divergent Neumann series, a singular Cholesky); with
             `throw=False` the failure is only `info.result`.
@@ -105,10 +106,12 @@ class Implicit(eqx.Module):
     """
 
     linear_solver: lx.AbstractLinearSolver = CG(max_steps=100)
+    damping: float | Float[Array, ""] = 0.0
     throw: bool = eqx.field(static=True, default=True)
 
     def __check_init__(self):
         check_linear_solver("linear_solver", self.linear_solver)
+        check_positive("damping", self.damping, allow_zero=True)
 
 
 Method = FullUnroll | TruncatedUnroll | Implicit
@@ -200,6 +203,10 @@ def _implicit(outer_loss, inner_loss, u, w, method: Implicit):
     grad_w_inner = _inner_grad_fn(inner_loss)
     # One linearization of w -> grad_w f(u, w) serves every matvec of the solve.
     inner_grad, hvp = jax.linearize(lambda ww: grad_w_inner(u, ww), w)
+    damping = method.damping
+    if not (isinstance(damping, int | float) and damping == 0):
+        undamped = hvp
+        hvp = lambda v: otu.add_scale(undamped(v), damping, v)
     v, info = solve(hvp, grad_w, method.linear_solver, symmetric=True, psd=True, throw=method.throw)
     _, cross_vjp = jax.vjp(lambda uu: grad_w_inner(uu, w), u)
     (cross,) = cross_vjp(v)

@@ -20,10 +20,9 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import lineax as lx
 import numpy as np
 import optax.tree as otu
-
-import lineax as lx
 
 from respax.core import CG, check_positive
 
