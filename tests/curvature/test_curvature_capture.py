@@ -325,3 +325,51 @@ def test_tap_layers_rank_one_per_example_gradients():
         tap_layers(plan, net, x, cts[0])
     with pytest.raises((ValueError, TypeError), match="cotangents"):
         tap_layers(plan, net, x, cts[:, :3])
+
+
+def test_one_fisher_vocabulary_and_key_required_exactly_when_used():
+    """`kfac_stats` defaulted to "mc" where `fit_kfac_factors` defaulted to "expected", and
+    `fit_kfac_factors(mode="mc")` silently used key 0 where `kfac_stats` raised."""
+    from respax.curvature import fit_ekfac, fit_kfac_factors
+
+    mlp = eqx.nn.MLP(3, 2, 4, 1, activation=jnp.tanh, key=jax.random.key(0))
+    loss = SoftmaxCrossEntropy()
+    plan = capture_layers(mlp, loss, jnp.zeros(3))
+    x = jax.random.normal(jax.random.key(1), (6, 3))
+    y = jnp.arange(6) % 2
+    default = kfac_stats(plan, mlp, x, y)
+    expected = kfac_stats(plan, mlp, x, y, mode="expected")
+    for a, b in zip(jax.tree.leaves(default), jax.tree.leaves(expected), strict=True):
+        np.testing.assert_array_equal(a, b)
+    factors = fit_kfac_factors(plan, mlp, x)
+    for a, b in zip(jax.tree.leaves(factors.blocks), jax.tree.leaves(expected[2]), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    for fn in (
+        lambda: kfac_stats(plan, mlp, x, y, mode="mc"),
+        lambda: fit_kfac_factors(plan, mlp, x, mode="mc"),
+        lambda: fit_ekfac(plan, mlp, x, mode="mc"),
+    ):
+        with pytest.raises(ValueError, match="`key` is required"):
+            fn()
+    # The key changes the Monte-Carlo factors and nothing else needs one.
+    f1 = fit_kfac_factors(plan, mlp, x, mode="mc", key=jax.random.key(1))
+    f2 = fit_kfac_factors(plan, mlp, x, mode="mc", key=jax.random.key(2))
+    assert not np.allclose(f1.blocks[-1]["G"], f2.blocks[-1]["G"])
+
+
+def test_skipping_the_statistics_pass_keeps_loss_and_gradient():
+    mlp = eqx.nn.MLP(3, 2, 4, 1, activation=jnp.tanh, key=jax.random.key(0))
+    plan = capture_layers(mlp, SoftmaxCrossEntropy(), jnp.zeros(3))
+    x = jax.random.normal(jax.random.key(1), (6, 3))
+    y = jnp.arange(6) % 2
+    full = kfac_stats(plan, mlp, x, y)
+    for flag in (False, jnp.asarray(False)):
+        loss, grads, stats = eqx.filter_jit(
+            lambda m, f: kfac_stats(plan, m, x, y, update_curvature=f)
+        )(mlp, flag)
+        np.testing.assert_allclose(loss, full[0], rtol=1e-6)
+        for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(full[1]), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+        assert jax.tree.structure(stats) == jax.tree.structure(full[2])
+        for a, b in zip(jax.tree.leaves(stats), jax.tree.leaves(full[2]), strict=True):
+            assert a.shape == b.shape and a.dtype == b.dtype and not bool(jnp.any(a))

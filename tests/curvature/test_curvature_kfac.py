@@ -340,3 +340,138 @@ def test_data_parallel_statistics_and_updates_match_single_device():
         assert np.array_equal(np.isnan(a), np.isnan(b))  # rho/quad_change are nan until computed
         a, b = np.nan_to_num(a), np.nan_to_num(b)
         assert np.linalg.norm(a - b) <= 1e-6 * max(np.linalg.norm(b), 1e-30) + 1e-7
+
+
+def test_hyperparameters_validated_and_init_checks_the_model():
+    _, plan, x, y, params, opt, stats_fn, update = _default()
+    with pytest.raises(ValueError, match="momentum"):
+        KFACConfig(momentum=1.5)
+    with pytest.raises(ValueError, match="momentum"):
+        KFACConfig(momentum=-0.1)
+    with pytest.raises(ValueError, match="learning_rate"):
+        KFACConfig(learning_rate=0.0)
+    with pytest.raises(ValueError, match="curvature_update_period"):
+        KFACConfig(curvature_update_period=0)
+    with pytest.raises(ValueError, match="damping.*schedule"):
+        KFACConfig(damping=optax.constant_schedule(1.0), adapt_damping=True)
+    with pytest.raises(ValueError, match="momentum"):
+        KFACConfig(momentum=jnp.array([0.5, 1.0]))  # stacked configs are checked entrywise
+    other = _params(eqx.nn.MLP(4, 3, 16, 1, key=jax.random.key(0)))
+    with pytest.raises(ValueError, match="`params` does not match the plan"):
+        opt.init(other)
+    with pytest.raises(ValueError, match="params"):
+        kfac_stats(plan, other, x, y)
+
+
+@pytest.mark.float64
+def test_schedules_give_the_fixed_step_of_their_value_at_each_step():
+    """A schedule used to fail with `ufunc 'isfinite' not supported`; at every step the update
+    must equal that of a fixed config holding the schedule's value, from the same state."""
+    model, plan, x, y = _mlp_problem()
+    params = _params(_f64(model))
+    x = x.astype(jnp.float64)
+    lr = optax.exponential_decay(0.1, transition_steps=1, decay_rate=0.5)
+    mom = optax.linear_schedule(0.0, 0.8, transition_steps=4)
+    damp = optax.exponential_decay(1e-1, transition_steps=1, decay_rate=0.7)
+    sched = kfac(plan, KFACConfig(learning_rate=lr, momentum=mom, damping=damp))
+    state = sched.init(params)
+    stats_fn = jax.jit(lambda p: kfac_stats(plan, p, x, y))
+    for t in range(4):
+        loss, grads, stats = stats_fn(params)
+        count = jnp.asarray(t, jnp.int32)  # what the transform passes: its step counter
+        fixed = kfac(
+            plan,
+            KFACConfig(learning_rate=float(lr(count)), momentum=float(mom(count)), damping=1.0),
+        )
+        # The fixed config with the scheduled damping of this step, from the same state.
+        fixed_state = state._replace(damping=jnp.asarray(damp(count), jnp.float64))
+        u_fixed, s_fixed = fixed.update(grads, fixed_state, params, stats=stats)
+        u, state = sched.update(grads, state, params, stats=stats)
+        for a, b in zip(jax.tree.leaves(u), jax.tree.leaves(u_fixed), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(state.learning_rate, lr(count), rtol=1e-12)
+        np.testing.assert_allclose(state.damping, damp(count), rtol=1e-12)
+        params = optax.apply_updates(params, u)
+
+
+def test_vmap_over_the_learning_rate_matches_a_loop():
+    """vmap over the learning rate used to fail with a TracerBoolConversionError."""
+    model, plan, x, y = _mlp_problem()
+    params = _params(model)
+
+    def train(lr, momentum):
+        opt = kfac(plan, KFACConfig(learning_rate=lr, momentum=momentum, damping=1e-2))
+
+        def step(carry, _):
+            p, s = carry
+            loss, grads, stats = kfac_stats(plan, p, x, y)
+            u, s = opt.update(grads, s, p, stats=stats)
+            return (optax.apply_updates(p, u), s), loss
+
+        (_, state), losses = jax.lax.scan(step, (params, opt.init(params)), None, length=6)
+        return losses, state.learning_rate
+
+    lrs, moms = jnp.array([0.02, 0.05, 0.1]), jnp.array([0.0, 0.5, 0.9])
+    losses, used = jax.jit(jax.vmap(train))(lrs, moms)
+    np.testing.assert_allclose(used, lrs, rtol=1e-6)
+    for i in range(3):
+        ref, _ = jax.jit(train)(lrs[i], moms[i])
+        np.testing.assert_allclose(losses[i], ref, rtol=1e-4, atol=1e-6)
+    assert float(losses[2, -1]) != float(losses[0, -1])
+    # A config of stacked arrays under eqx.filter_vmap is the same population.
+    stacked = KFACConfig(learning_rate=lrs, momentum=moms, damping=1e-2)
+    run = lambda cfg: train(cfg.learning_rate, cfg.momentum)[0]
+    np.testing.assert_allclose(eqx.filter_vmap(run)(stacked), losses, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.float64
+def test_curvature_update_period_folds_statistics_every_k_steps():
+    model, plan, x, y = _mlp_problem()
+    params0 = _params(_f64(model))
+    x = x.astype(jnp.float64)
+    k, decay = 3, 0.8
+    cfg = KFACConfig(learning_rate=0.05, momentum=0.5, curvature_update_period=k, ema_decay=decay)
+    opt = kfac(plan, cfg)
+
+    @jax.jit
+    def step(p, s):
+        due = cfg.curvature_due(s)
+        loss, grads, stats = kfac_stats(plan, p, x, y, update_curvature=due)
+        u, s = opt.update(grads, s, p, stats=stats)
+        return optax.apply_updates(p, u), s, loss, grads, stats
+
+    # Oracle: the EMA over the statistics of steps 0, k, 2k, ... only, from the full pass.
+    full = jax.jit(lambda p: kfac_stats(plan, p, x, y))
+    params, state = params0, opt.init(params0)
+    ema = jax.tree.map(jnp.zeros_like, state.factors)
+    weight = 0.0
+    for t in range(2 * k + 1):
+        loss_ref, grads_ref, stats_ref = full(params)
+        if t % k == 0:
+            ema = jax.tree.map(lambda e, s: decay * e + (1 - decay) * s, ema, stats_ref)
+            weight = decay * weight + (1 - decay)
+        params, state, loss, grads, stats = step(params, state)
+        np.testing.assert_allclose(loss, loss_ref, rtol=1e-12)
+        for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_ref), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-14)
+        if t % k:  # the statistics pass was skipped
+            assert all(float(jnp.abs(s).max()) == 0.0 for s in jax.tree.leaves(stats))
+        for a, b in zip(jax.tree.leaves(state.factors), jax.tree.leaves(ema), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-14)
+        np.testing.assert_allclose(state.ema_weight, weight, rtol=1e-12)
+
+
+def test_curvature_update_period_one_is_the_default_bit_for_bit():
+    model, plan, x, y = _mlp_problem()
+    params = _params(model)
+    outs = []
+    for cfg in (KFACConfig(), KFACConfig(curvature_update_period=1)):
+        opt = kfac(plan, cfg)
+        loss, grads, stats = kfac_stats(plan, params, x, y, update_curvature=True)
+        outs.append(
+            jax.jit(lambda g, s, st, opt=opt: opt.update(g, s, params, stats=st))(
+                grads, opt.init(params), stats
+            )
+        )
+    for a, b in zip(jax.tree.leaves(outs[0]), jax.tree.leaves(outs[1]), strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -196,3 +196,42 @@ def test_products_bad_input():
         lanczos_top_k(op, key=jax.random.key(0), k=1, num_iterations=10_000)
     with pytest.raises(ValueError, match="num_matvecs"):
         hutchpp_trace(op, key=jax.random.key(0), num_matvecs=2)
+
+
+def test_fisher_vocabulary_and_vector_structure_checked():
+    """The analytic Fisher is `mode="expected"` (the default, as in kfac_stats and
+    fit_kfac_factors); a vector of the wrong structure names `vector` instead of failing with
+    `Closure-converted function called with different dynamic arguments`."""
+    model = eqx.nn.MLP(3, 2, 4, 1, key=jax.random.key(0))
+    x = jax.random.normal(jax.random.key(1), (5, 3))
+    loss = SoftmaxCrossEntropy()
+    diff, _ = split_params(model)
+    v = jax.tree.map(jnp.ones_like, diff)
+    expected = fisher_operator(APPLY, loss, model, x, mode="expected").mv(v)
+    for a, b, c in zip(
+        jax.tree.leaves(expected),
+        jax.tree.leaves(fisher_operator(APPLY, loss, model, x).mv(v)),
+        jax.tree.leaves(ggn_operator(APPLY, loss, model, x).mv(v)),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, c)
+    # The old name is refused (by the Literal annotation under the tests' type-checking hook,
+    # by the function's own check with the new name otherwise).
+    with pytest.raises((ValueError, TypeError), match="expected"):
+        fisher_operator(APPLY, loss, model, x, mode="exact")
+    other = split_params(eqx.nn.MLP(3, 2, 4, 2, key=jax.random.key(0)))[0]
+    wrong_shape = eqx.tree_at(lambda d: d.layers[0].bias, v, jnp.ones(7))
+    ops = [
+        ggn_operator(APPLY, loss, model, x),
+        fisher_operator(APPLY, loss, model, x, mode="mc", key=jax.random.key(2)),
+        empirical_fisher_operator(APPLY, loss, model, x, jnp.arange(5) % 2),
+        hessian_operator(APPLY, loss, model, x, jnp.arange(5) % 2),
+    ]
+    for op in ops:
+        with pytest.raises(ValueError, match="`vector` must have the structure"):
+            op.mv(other)
+        with pytest.raises(ValueError, match="`vector` has shape"):
+            op.mv(wrong_shape)
+        with pytest.raises(ValueError, match="`vector`"):
+            eqx.filter_jit(lambda o, w: o.mv(w))(op, other)

@@ -28,6 +28,7 @@ from respax.core import (
 )
 
 from ._capture import (
+    CaptureError as CaptureError,
     CapturePlan as CapturePlan,
     LayerInfo as LayerInfo,
     UncoveredParameterError as UncoveredParameterError,

@@ -17,6 +17,7 @@ UNCOVERED (a warning, or an error with `on_uncovered="raise"`); nothing falls ba
 """
 
 import dataclasses
+import functools
 import logging
 from collections.abc import Callable
 from typing import Any, Literal
@@ -37,6 +38,7 @@ from respax.core import (
 )
 
 __all__ = [
+    "CaptureError",
     "CapturePlan",
     "LayerInfo",
     "UncoveredParameterError",
@@ -48,6 +50,11 @@ __all__ = [
 logger = logging.getLogger("respax.curvature")
 
 _KRON_KINDS = ("linear", "conv", "embedding")
+
+
+class CaptureError(ValueError):
+    """Raised by `capture_layers` when it cannot build a plan for the model: traced parameters
+    (the plan is built outside `jit`), or an `apply` that does not run on the example input."""
 
 
 class UncoveredParameterError(ValueError):
@@ -121,7 +128,7 @@ def _leaf_key(leaf: Any) -> Any:
     leaves are: arrays (integer buffers) by dtype, shape and bytes, hashable leaves (functions,
     numbers, strings) by themselves, anything else by identity (the plan keeps it alive)."""
     if isinstance(leaf, jax.core.Tracer):
-        raise ValueError(
+        raise CaptureError(
             "`model` must not hold traced non-float leaves: build the plan outside `jit` / `vmap`."
         )
     if isinstance(leaf, np.ndarray | jax.Array | np.generic):
@@ -386,6 +393,11 @@ def capture_layers(
         apply = _call_model
     elif not callable(apply):
         raise TypeError(f"`apply` must be a callable apply(model, x) -> outputs, got {apply!r}.")
+    if any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(model)):
+        raise CaptureError(
+            "`model` holds traced arrays: build the plan outside `jit` / `vmap` / `grad` (it is "
+            "static configuration; pass it into the traced function)."
+        )
     diff, static = eqx.partition(model, eqx.is_inexact_array)
     items = _items(diff)
     paths = _paths(diff)
@@ -444,13 +456,13 @@ def _check_one_example(apply: Callable, model: Any, example_input: Any) -> None:
     try:
         out = eqx.filter_eval_shape(apply, model, x)
     except (TypeError, ValueError) as e:
-        raise ValueError(
+        raise CaptureError(
             "`example_input` must be ONE example (not a batch) on which `apply(model, x)` runs; "
             f"it has shape {_shapes(example_input)} and `apply` failed with: "
             f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
         ) from e
     if not hasattr(out, "shape") or len(out.shape) != 1:
-        raise ValueError(
+        raise CaptureError(
             "`example_input` must be ONE example (not a batch): `apply(model, example_input)` "
             "must return a vector of shape (k,), got "
             f"{_shapes(out)} for `example_input` of shape {_shapes(example_input)}."
@@ -567,16 +579,17 @@ def _count_uses(plan: CapturePlan, diff: Any, example_input: Any) -> dict[int, A
     kron, pe = _split_kron_pe(plan, diff)
     dtype = jnp.result_type(*[x.dtype for x in jax.tree.leaves(diff)] or [jnp.float32])
     probes = _zero_probes(plan, None, dtype, False)
-    f = _per_example_fn(plan)
-
-    @jax.jit
-    def counts(kron, pe, probes, x):
-        out, vjp = jax.vjp(lambda p: f(kron, pe, p, {}, x), probes)
-        (ct,) = vjp(jnp.ones_like(out))
-        return {i: c["c"] for i, c in ct.items()}
-
     x = jax.tree.map(jnp.asarray, example_input)
-    return {i: np.asarray(c) for i, c in counts(kron, pe, probes, x).items()}
+    return {i: np.asarray(c) for i, c in _use_counts(plan, kron, pe, probes, x).items()}
+
+
+# One compiled counting pass per plan (plans are hashable values), not one per `capture_layers`.
+@functools.partial(jax.jit, static_argnums=0)
+def _use_counts(plan: CapturePlan, kron, pe, probes, x):
+    f = _per_example_fn(plan)
+    out, vjp = jax.vjp(lambda p: f(kron, pe, p, {}, x), probes)
+    (ct,) = vjp(jnp.ones_like(out))
+    return {i: c["c"] for i, c in ct.items()}
 
 
 def tap_layers(

@@ -224,7 +224,7 @@ def _grouped_inverses(
             fb, cl = jnp.sum(fb).astype(jnp.int32), jnp.sum(cl).astype(jnp.int32)
         else:
             inv, failed = _cholesky_inverses(stack, damp)
-            n_failed = jnp.sum(failed.astype(jnp.int32))
+            n_failed = jnp.sum(failed.astype(jnp.int32)).astype(jnp.int32)
 
             def redo(_, eigh_path=eigh_path, n_failed=n_failed):
                 inv_e, fb_e, cl_e = eigh_path()
@@ -374,9 +374,19 @@ def _dummy_targets(plan: CapturePlan, params, inputs):
     diff, _ = eqx.partition(params, eqx.is_inexact_array)
     model = eqx.combine(diff, plan.static)
     x0 = jax.tree.map(lambda x: x[0], inputs)
-    t = plan.output_loss.sample_targets(jax.random.key(0), plan.apply(model, x0))
+    # Only the shape and dtype of one example's targets matter: no random draw.
+    t = jax.eval_shape(plan.output_loss.sample_targets, jax.random.key(0), plan.apply(model, x0))
     n = jax.tree.leaves(inputs)[0].shape[0]
-    return jax.tree.map(lambda x: jnp.broadcast_to(x, (n,) + jnp.shape(x)), t)
+    return jax.tree.map(lambda x: jnp.zeros((n,) + tuple(x.shape), x.dtype), t)
+
+
+def _batch_keys(mode: str, key: PRNGKeyArray | None, nb: int):
+    """One key per batch for `mode="mc"` (where `key` is required), zeros otherwise (unused)."""
+    if mode == "mc":
+        if key is None:
+            raise ValueError("`key` is required for mode='mc' (a PRNG key for the sampled labels).")
+        return jax.random.split(key, nb)
+    return jnp.zeros((nb,))
 
 
 def fit_kfac_factors(
@@ -398,22 +408,27 @@ def fit_kfac_factors(
         inputs: the dataset's inputs (leading axis = examples).
         targets: the targets; needed only for `mode="empirical"`.
         mode: `"expected"` (analytic GGN/Fisher, default), `"mc"` or `"empirical"`.
-        key: PRNG key for `mode="mc"`.
+        key: PRNG key, required for `mode="mc"` and used by no other mode.
         num_samples: labels per example for `mode="mc"`.
         batch_size: examples per pass (must divide the dataset size); default all at once.
 
     Returns:
         `KFACFactors`, the mean of the per-batch factors.
     """
+    if mode not in ("expected", "mc", "empirical"):
+        raise ValueError(f"`mode` must be 'expected', 'mc' or 'empirical', got {mode!r}.")
     if mode == "empirical" and targets is None:
         raise ValueError("`targets` are required for mode='empirical'.")
+    if mode == "mc" and key is None:
+        raise ValueError("`key` is required for mode='mc' (a PRNG key for the sampled labels).")
     if targets is None:
         targets = _dummy_targets(plan, params, inputs)
     nb, xs, ys = _batches(inputs, targets, batch_size)
-    keys = jax.random.split(key if key is not None else jax.random.key(0), nb)
+    keys = _batch_keys(mode, key, nb)
 
     def one(args):
         x, y, k = args
+        k = k if mode == "mc" else None
         return kfac_stats(plan, params, x, y, mode=mode, key=k, num_samples=num_samples)[2]
 
     stats = jax.lax.map(one, (xs, ys, keys))
@@ -578,7 +593,7 @@ def fit_ekfac(
         factors: K-FAC factors to take the eigenbases from; default `fit_kfac_factors` with the
             same arguments.
         mode: `"expected"`, `"mc"` or `"empirical"`.
-        key: PRNG key for `mode="mc"`.
+        key: PRNG key, required for `mode="mc"` and used by no other mode.
         num_samples: labels per example for `mode="mc"`.
         batch_size: examples per pass (must divide the dataset size); default all at once.
 
@@ -609,7 +624,7 @@ def fit_ekfac(
         targets = _dummy_targets(plan, params, inputs)
     nb, xs, ys = _batches(inputs, targets, batch_size)
     n_total = jax.tree.leaves(inputs)[0].shape[0]
-    keys = jax.random.split(key if key is not None else jax.random.key(0), nb)
+    keys = _batch_keys(mode, key, nb)
     loss_obj = plan.output_loss
 
     def per_example(x, ct):
