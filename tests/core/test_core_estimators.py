@@ -101,6 +101,26 @@ def test_hutchinson_is_exact_with_zero_error_on_a_diagonal_matrix():
 
 
 @pytest.mark.float64
+@settings(max_examples=15)
+@given(spd_matrices(st.integers(2, 6)), st.integers(0, 99), st.integers(2, 8))
+def test_hutchinson_shift_by_a_diagonal_property(matrix, seed, m):
+    # With Rademacher probes z^T D z = tr(D) for every probe: adding a diagonal D shifts the value
+    # by tr(D) and leaves the standard error unchanged (same key, same probes).
+    n = matrix.shape[0]
+    d = jnp.arange(1.0, n + 1.0, dtype=matrix.dtype)
+    key = jax.random.key(seed)
+    base = hutchinson_trace(lx.MatrixLinearOperator(matrix), key=key, num_samples=m)
+    shifted = hutchinson_trace(
+        lx.MatrixLinearOperator(matrix + jnp.diag(d)), key=key, num_samples=m
+    )
+    scale = float(jnp.sum(jnp.abs(matrix))) + float(jnp.sum(d))
+    assert float(shifted.value - base.value) == pytest.approx(float(jnp.sum(d)), abs=1e-12 * scale)
+    assert float(shifted.standard_error) == pytest.approx(
+        float(base.standard_error), abs=1e-12 * scale
+    )
+
+
+@pytest.mark.float64
 def test_hutchinson_single_probe_has_undefined_error():
     d = jnp.arange(1.0, 4.0, dtype=jnp.float64)
     est = hutchinson_trace(lambda v: d * v, key=jax.random.key(0), num_samples=1, like=d)
