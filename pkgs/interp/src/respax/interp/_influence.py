@@ -29,12 +29,10 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from respax.core import OutputLoss, check_positive, lanczos_top_k, power_iteration
 
 from ._influence_layers import (
-    cached,
     capture_plan,
     linear_block_dense,
     linear_blocks,
     linear_layer_io,
-    structure_key,
 )
 from ._influence_model import BlockRule, FlatModel, batched_map, block_layout, check_data
 from ._influence_strategies import (
@@ -150,45 +148,36 @@ def _check_batch_size(batch_size):
         raise ValueError(f"`batch_size` must be an integer >= 1 or None, got {batch_size!r}.")
 
 
-# Layer capture runs the model once and the fit is jitted around its plan, so both are cached per
-# (apply, loss, parameter structure, input structure, strategy): refits then reuse the compiled fit.
-_KRONECKER_CACHE: dict = {}
-
-
-def _kronecker_fit_fn(apply, output_loss, params, inputs, strategy):
+@eqx.filter_jit
+def _kronecker_fit(plan, strategy, params, inputs, targets, key):
+    """K-FAC / EK-FAC factors of the strategy; jitted once per (plan, strategy, shapes): plans
+    are hashable values, so a refit on a model of the same structure reuses the program."""
     from respax import curvature  # the K-FAC/EK-FAC engine
 
-    # The refinement acts at scoring time only: one compiled fit for every refine_iterations.
-    strategy = dataclasses.replace(strategy, refine_iterations=0)
-
-    def build():
-        x0 = jax.tree.map(lambda a: a[0], inputs)
-        plan = curvature.capture_layers(params, output_loss, x0, apply=apply)
-
-        @eqx.filter_jit
-        def fit(params, inputs, targets, key):
-            kw = dict(
-                mode=strategy.mode,
-                key=key,
-                num_samples=strategy.num_samples,
-                batch_size=strategy.batch_size,
-            )
-            kron = curvature.fit_kfac_factors(plan, params, inputs, targets, **kw)
-            if isinstance(strategy, EKFAC):
-                return curvature.fit_ekfac(plan, params, inputs, targets, factors=kron, **kw)
-            return curvature.kfac_eigendecomposition(kron)
-
-        return fit
-
-    key = (apply, output_loss, strategy) + structure_key(params, inputs)
-    return cached(_KRONECKER_CACHE, key, build)
+    kw = dict(
+        mode=strategy.mode,
+        key=key if strategy.mode == "mc" else None,
+        num_samples=strategy.num_samples,
+        batch_size=strategy.batch_size,
+    )
+    kron = curvature.fit_kfac_factors(plan, params, inputs, targets, **kw)
+    if isinstance(strategy, EKFAC):
+        return curvature.fit_ekfac(plan, params, inputs, targets, factors=kron, **kw)
+    return curvature.kfac_eigendecomposition(kron)
 
 
 def _fit_kronecker(apply, output_loss, params, train, strategy, blocks, key, n):
     inputs, targets = train
     names, indices = block_layout(params, blocks)
-    fit = _kronecker_fit_fn(apply, output_loss, params, inputs, strategy)
-    ek = fit(params, inputs, targets if strategy.mode == "empirical" else None, key)
+    from respax import curvature
+
+    x0 = jax.tree.map(lambda a: a[0], inputs)
+    plan = curvature.capture_layers(params, output_loss, x0, apply=apply)
+    # The refinement acts at scoring time only: one compiled fit for every refine_iterations.
+    fit_strategy = dataclasses.replace(strategy, refine_iterations=0)
+    ek = _kronecker_fit(
+        plan, fit_strategy, params, inputs, targets if strategy.mode == "empirical" else None, key
+    )
     segments = tuple(to_segments(i) for i in indices)
     linear, layer_io, refine_inputs = (), (), None
     if strategy.refine_iterations > 0:

@@ -18,7 +18,7 @@ example, weight and bias forming exactly one block of the influence layout) is r
 product.
 """
 
-from collections.abc import Callable
+import warnings
 from typing import Any, NamedTuple
 
 import equinox as eqx
@@ -156,48 +156,20 @@ def linear_block_dense(
     return jnp.concatenate([top, bottom], axis=0)
 
 
-def structure_key(*trees) -> tuple:
-    """A hashable key of pytrees' structures, array shapes and dtypes (and non-array leaves)."""
-    spec = lambda t: tuple(
-        (jnp.shape(a), jnp.result_type(a)) if eqx.is_array(a) else a for a in jax.tree.leaves(t)
-    )
-    return tuple((jax.tree.structure(t), spec(t)) for t in trees)
-
-
-def cached(cache: dict, key: tuple, build: Callable[[], Any], size: int = 32) -> Any:
-    """`build()`, memoized in `cache` under `key` (the oldest entry goes beyond `size`). A key that
-    cannot be hashed (an unhashable static leaf) is not cached; a `build` that raises caches
-    nothing."""
-    try:
-        hash(key)
-    except TypeError:
-        return build()
-    if key not in cache:
-        value = build()
-        if len(cache) >= size:
-            cache.pop(next(iter(cache)))
-        cache[key] = value
-    return cache[key]
-
-
-# Plans are cached per (apply, loss, parameter and input structure): the jitted fits take the plan
-# as a static argument, so a refit reuses the compiled program only if it gets the same plan.
-_PLAN_CACHE: dict = {}
-
-
 def capture_plan(apply, output_loss, params, inputs) -> Any:
-    """`respax.curvature.capture_layers`' plan for the model, or None where capture fails (e.g.
-    a model that is not an Equinox module tree, or traced parameters)."""
+    """`respax.curvature.capture_layers`' plan for the model, or None (with a warning) where the
+    model cannot be captured (`respax.curvature.CaptureError`, e.g. traced parameters): every
+    block then keeps the generic product. Plans are hashable values, so the jitted fits that take
+    one as a static argument compile once per model structure without a cache here."""
     from respax import curvature
 
     x0 = jax.tree.map(lambda x: x[0], inputs)
     try:
-        return cached(
-            _PLAN_CACHE,
-            (apply, output_loss) + structure_key(params, x0),
-            lambda: curvature.capture_layers(
-                params, output_loss, x0, apply=apply, on_uncovered="ignore"
-            ),
+        return curvature.capture_layers(params, output_loss, x0, apply=apply, on_uncovered="ignore")
+    except curvature.CaptureError as e:
+        warnings.warn(
+            f"respax.interp: layer capture failed ({e}); the structured (per-layer) curvature "
+            "path is not used and every block takes the generic product.",
+            stacklevel=3,
         )
-    except Exception:  # noqa: BLE001 - no plan: every block keeps the generic product
         return None
