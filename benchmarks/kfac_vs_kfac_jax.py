@@ -15,6 +15,15 @@ command, unless `--ours-only` asks for ours alone (its keys are then null).
 The median ratio is taken over every timed iteration; the inverse refresh (every 5th step) falls
 outside it, so the mean ratio (refresh steps included) is reported beside it.
 
+Targets: lead kfac-jax on the same estimator by 10% (`kfac_over_adam <= 0.9 *
+kfac_jax_over_adam`, `kfac_adaptive_over_adam <= 0.9 * kfac_jax_adaptive_over_adam`), printed as
+pass/fail, with `first_step_s <= 3.0` and `diagonal_fallbacks_eqx_mlp == 0`.
+
+`curvature_update_period` (statistics every k steps, as kfac-jax's option of that name): ours is
+also trained with the fixed-lr config for k in {1, 2, 5, 10}, one step of each k per round
+(interleaved), reporting the median and mean step time and the time-to-loss curve (cumulative
+seconds at which each k first reaches a set of loss levels).
+
 Usage: python benchmarks/kfac_vs_kfac_jax.py [--quick] [--ours-only] [--json PATH]
 """
 
@@ -30,6 +39,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ["OPENBLAS_NUM_THREADS"] = "1"
 
 import argparse  # noqa: E402
+import dataclasses  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import subprocess  # noqa: E402
@@ -129,7 +139,9 @@ def run_ours(warmup: int, steps: int) -> dict:
             times[name].append(dt)
             losses[name] = loss
     t = {n: np.asarray(v) for n, v in times.items()}
+    period = run_update_period_sweep(plan, x, y, params, fixed_cfg, key, steps)
     return {
+        "curvature_update_period": period,
         "median_ms": {n: 1e3 * float(np.median(v)) for n, v in t.items()},
         "min_ms": {n: 1e3 * float(np.min(v)) for n, v in t.items()},
         "kfac_over_adam": float(np.median(t["kfac"] / t["adam"])),
@@ -144,6 +156,65 @@ def run_ours(warmup: int, steps: int) -> dict:
         "final_loss": losses,
         "diagonal_fallbacks_eqx_mlp": plan.num_uncovered,
     }
+
+
+PERIODS = (1, 2, 5, 10)
+
+
+def run_update_period_sweep(plan, x, y, params, base_cfg, key, steps: int) -> dict:
+    """Per-step time and time-to-loss against `curvature_update_period` k (fixed-lr config).
+
+    Every k trains from the same parameters on the same batch; one step of each k per round, so
+    load changes hit them alike. The statistics pass runs only on the steps where
+    `config.curvature_due(state)` is true; the others compute the loss and gradient alone."""
+    runs = {}
+    for k in PERIODS:
+        cfg = dataclasses.replace(base_cfg, curvature_update_period=k)
+        opt = kfac(plan, cfg)
+
+        def step(p, s, kk, opt=opt, cfg=cfg):
+            due = cfg.curvature_due(s)
+            loss, g, stats = kfac_stats(plan, p, x, y, mode="mc", key=kk, update_curvature=due)
+            u, s = opt.update(g, s, p, stats=stats)
+            return optax.apply_updates(p, u), s, loss
+
+        runs[k] = [jax.jit(step), params, opt.init(params)]
+    first = {}
+    for k, run in runs.items():  # compile (and the first step)
+        t0 = time.perf_counter()
+        run[1], run[2], _ = _block(run[0](run[1], run[2], jax.random.fold_in(key, 0)))
+        first[k] = time.perf_counter() - t0
+    n = max(2 * steps, 20)
+    times = {k: [] for k in runs}
+    losses = {k: [] for k in runs}
+    for i in range(1, n + 1):
+        for k, run in runs.items():
+            t0 = time.perf_counter()
+            run[1], run[2], loss = _block(run[0](run[1], run[2], jax.random.fold_in(key, i)))
+            times[k].append(time.perf_counter() - t0)
+            losses[k].append(float(loss))
+    # Loss levels: decades below the first loss of k=1 (the random labels are memorised, so the
+    # loss falls by orders of magnitude; a linear scale would only see the first few steps).
+    start = losses[1][0]
+    levels = [start * f for f in (0.3, 0.1, 0.01, 0.001)]
+    out = {}
+    for k in runs:
+        cum = np.cumsum(times[k])
+        reach = {}
+        for level in levels:
+            hit = [j for j, v in enumerate(losses[k]) if v <= level]
+            reach[f"{level:.3g}"] = None if not hit else float(cum[hit[0]])
+        out[str(k)] = {
+            "median_step_ms": 1e3 * float(np.median(times[k])),
+            "mean_step_ms": 1e3 * float(np.mean(times[k])),
+            "first_step_s": first[k],
+            "final_loss": losses[k][-1],
+            "steps": n,
+            "seconds_to_loss": reach,
+            # The curve itself, every 5th step: (cumulative seconds, loss).
+            "curve": [[float(cum[j]), losses[k][j]] for j in range(0, n, 5)],
+        }
+    return out
 
 
 def run_peer(warmup: int, steps: int, timeout: int) -> tuple[dict | None, str]:
@@ -163,6 +234,38 @@ def run_peer(warmup: int, steps: int, timeout: int) -> tuple[dict | None, str]:
         return None, "kfac-jax subprocess failed: " + proc.stderr.strip()[-2000:]
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")][-1]
     return json.loads(line), ""
+
+
+def _targets(ours: dict, peer: dict | None) -> dict:
+    """Each target: the figure, the bound and whether it holds (None without the peer)."""
+
+    def lead(ours_ratio, peer_ratio):
+        bound = None if peer_ratio is None else 0.9 * peer_ratio
+        return {
+            "ours": ours_ratio,
+            "bound": bound,
+            "pass": None if bound is None else bool(ours_ratio <= bound),
+        }
+
+    return {
+        "kfac_over_adam <= 0.9 * kfac_jax_over_adam": lead(
+            ours["kfac_over_adam"], None if peer is None else peer["kfac_over_adam"]
+        ),
+        "kfac_adaptive_over_adam <= 0.9 * kfac_jax_adaptive_over_adam": lead(
+            ours["kfac_adaptive_over_adam"],
+            None if peer is None else peer["kfac_adaptive_over_adam"],
+        ),
+        "first_step_s <= 3.0": {
+            "ours": ours["first_step_s"],
+            "bound": 3.0,
+            "pass": bool(ours["first_step_s"] <= 3.0),
+        },
+        "diagonal_fallbacks_eqx_mlp == 0": {
+            "ours": ours["diagonal_fallbacks_eqx_mlp"],
+            "bound": 0,
+            "pass": ours["diagonal_fallbacks_eqx_mlp"] == 0,
+        },
+    }
 
 
 def main(argv=None):
@@ -191,6 +294,8 @@ def main(argv=None):
         "first_step_s": ours["first_step_s"],
         "kfac_jax_first_step_s": None if peer is None else peer["first_step_s"],
         "diagonal_fallbacks_eqx_mlp": ours["diagonal_fallbacks_eqx_mlp"],
+        "targets": _targets(ours, peer),
+        "curvature_update_period": ours["curvature_update_period"],
         "versions": {
             "python": platform.python_version(),
             "jax": jax.__version__,
@@ -249,6 +354,27 @@ def main(argv=None):
         f"{ours['first_step_adaptive_s']:.2f} s; load average {load_before} -> {load_after}"
     )
     print(f"diagonal fallbacks on eqx.nn.MLP: ours {ours['diagonal_fallbacks_eqx_mlp']}")
+    period = ours["curvature_update_period"]
+    levels = list(period["1"]["seconds_to_loss"])
+    print(
+        f"\ncurvature_update_period k (fixed lr, {period['1']['steps']} interleaved steps each): "
+        "step time and seconds to reach each loss level"
+    )
+    print(
+        f"{'k':>3s} {'median ms':>10s} {'mean ms':>8s} {'final loss':>10s} "
+        + " ".join(f"{'<=' + lv:>9s}" for lv in levels)
+    )
+    for k, row in period.items():
+        reach = " ".join(f"{fmt(row['seconds_to_loss'][lv], ' s'):>9s}" for lv in levels)
+        print(
+            f"{k:>3s} {row['median_step_ms']:10.2f} {row['mean_step_ms']:8.2f} "
+            f"{row['final_loss']:10.4f} {reach}"
+        )
+    print("\ntargets:")
+    for name, t in result["targets"].items():
+        verdict = "n/a (no peer)" if t["pass"] is None else ("pass" if t["pass"] else "FAIL")
+        bound = "n/a" if t["bound"] is None else f"{t['bound']:.3g}"
+        print(f"  {name}: {t['ours']:.3g} vs bound {bound}: {verdict}")
     if message:
         print("note:", message)
     if args.json is not None:
