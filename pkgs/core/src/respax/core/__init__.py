@@ -13,9 +13,12 @@ from ._custom_types import (
     Vector as Vector,
 )
 from ._errors import (
+    check_float_tree as check_float_tree,
     check_positive as check_positive,
     check_positive_int as check_positive_int,
     check_same_structure as check_same_structure,
+    is_array_like as is_array_like,
+    is_inexact_array_like as is_inexact_array_like,
 )
 from ._estimators import (
     LanczosResult as LanczosResult,

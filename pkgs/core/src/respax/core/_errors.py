@@ -1,6 +1,7 @@
 """Input checks that raise clear errors naming the argument (outside `jit`, on static values)."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -40,3 +41,31 @@ def check_same_structure(name_a: str, a, name_b: str, b) -> None:
                 f"`{name_a}` and `{name_b}` differ in the shape of leaf {i}: "
                 f"{np.shape(x)} vs {np.shape(y)}."
             )
+
+
+def is_array_like(x) -> bool:
+    """A JAX or NumPy array or a Python number (what can be a parameter), tracers included."""
+    return isinstance(x, jax.Array | np.ndarray | np.generic | bool | int | float | complex)
+
+
+def is_inexact_array_like(x) -> bool:
+    """A floating-point (or complex) `is_array_like` leaf: the parameters of a pytree."""
+    return is_array_like(x) and jnp.issubdtype(jnp.result_type(x), jnp.inexact)
+
+
+def check_float_tree(name: str, tree) -> None:
+    """Raise unless `tree` holds at least one floating-point array and no other kind of array.
+
+    Leaves that are not arrays (an Equinox model's activation function, a static flag) are
+    ignored: they are configuration, not parameters. `ValueError` for a tree without floating
+    arrays, `TypeError` for an integer or boolean array; both name `name`.
+    """
+    arrays = [leaf for leaf in jax.tree.leaves(tree) if is_array_like(leaf)]
+    for leaf in arrays:
+        dtype = jnp.result_type(leaf)
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise TypeError(
+                f"`{name}` must be a pytree of floating-point arrays, got a leaf of dtype {dtype}."
+            )
+    if not arrays:
+        raise ValueError(f"`{name}` must contain at least one floating-point array.")

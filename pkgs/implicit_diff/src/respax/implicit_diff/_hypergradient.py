@@ -26,7 +26,14 @@ import optax
 import optax.tree as otu
 from jaxtyping import Array, Bool, Float, Int, PyTree
 
-from respax.core import CG, RESULTS, check_positive, check_positive_int
+from respax.core import (
+    CG,
+    RESULTS,
+    check_float_tree,
+    check_positive,
+    check_positive_int,
+    is_inexact_array_like,
+)
 
 from ._inner import check_optimizer, run_inner_optimizer
 from ._solves import check_linear_solver, solve
@@ -154,7 +161,7 @@ def _check_scalar_fn(name: str, fn: Callable, u, w) -> None:
     if not callable(fn):
         raise TypeError(f"`{name}` must be a callable (u, w) -> scalar, got {type(fn).__name__}.")
     try:
-        out = jax.eval_shape(fn, u, w)
+        out = eqx.filter_eval_shape(fn, u, w)
     except Exception as err:  # noqa: BLE001 - re-raised with the argument named
         raise ValueError(
             f"`{name}(outer_params, inner_params)` failed on the given pytrees; check that "
@@ -164,18 +171,6 @@ def _check_scalar_fn(name: str, fn: Callable, u, w) -> None:
         raise ValueError(f"`{name}` must return a scalar, got {out}.")
     if not jnp.issubdtype(out.dtype, jnp.floating):
         raise ValueError(f"`{name}` must return a floating-point scalar, got dtype {out.dtype}.")
-
-
-def _check_float_tree(name: str, tree) -> None:
-    leaves = jax.tree.leaves(tree)
-    if not leaves:
-        raise ValueError(f"`{name}` must contain at least one array.")
-    for leaf in leaves:
-        if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
-            raise TypeError(
-                f"`{name}` must be a pytree of floating-point arrays, got a leaf of dtype "
-                f"{jnp.result_type(leaf)}."
-            )
 
 
 def _inner_grad_fn(inner_loss: Callable) -> Callable:
@@ -300,7 +295,8 @@ def hypergradient(
             hypergradient) or `"flag"` (only `info.inner_converged`).
 
     Returns:
-        `(hypergrad, info)`: the hypergradient, a pytree like `outer_params`, and a
+        `(hypergrad, info)`: the hypergradient, a pytree like `outer_params` (None at the
+        leaves that are not floating-point arrays, as `eqx.filter_grad` gives), and a
         `HypergradInfo` with the inner params used, F, the inner gradient norm, the IFT solve's
         residual and matvec count, and the convergence flag.
 
@@ -325,16 +321,26 @@ def hypergradient(
         )
     if inner_tol is not None:
         check_positive("inner_tol", inner_tol)
-    _check_float_tree("outer_params", outer_params)
-    _check_float_tree("inner_params", inner_params)
+    check_float_tree("outer_params", outer_params)
+    check_float_tree("inner_params", inner_params)
     _check_scalar_fn("outer_loss", outer_loss, outer_params, inner_params)
     _check_scalar_fn("inner_loss", inner_loss, outer_params, inner_params)
 
+    # Whole Equinox models work: only their floating-point arrays are parameters (the rest, e.g.
+    # an activation function, is static), as in `eqx.filter_grad`.
+    u_dyn, u_static = eqx.partition(outer_params, is_inexact_array_like)
+    w_dyn, w_static = eqx.partition(inner_params, is_inexact_array_like)
+
+    def on_dynamic(fn):
+        return lambda u, w: fn(eqx.combine(u, u_static), eqx.combine(w, w_static))
+
+    outer_dyn, inner_dyn = on_dynamic(outer_loss), on_dynamic(inner_loss)
     if isinstance(method, Implicit):
-        out = _implicit(outer_loss, inner_loss, outer_params, inner_params, method)
+        out = _implicit(outer_dyn, inner_dyn, u_dyn, w_dyn, method)
     else:
-        out = _unrolled(outer_loss, inner_loss, outer_params, inner_params, method)
+        out = _unrolled(outer_dyn, inner_dyn, u_dyn, w_dyn, method)
     hypergrad, w_used, outer_value, inner_grad_norm, residual, matvecs = out
+    w_used = eqx.combine(w_used, w_static)
     if inner_tol is None:
         converged = jnp.asarray(True)
     else:
