@@ -7,11 +7,11 @@ import numpy as np
 import optax
 import pytest
 
-from respax.core import GaussianLoss, SoftmaxCrossEntropy
+from respax.core import CG, GaussianLoss, SoftmaxCrossEntropy
 from respax.interp import (
-    CG,
     TERMS,
     Exact,
+    MatrixFree,
     fit_factors,
     five_terms,
     linearized_pbrf,
@@ -160,7 +160,7 @@ def test_five_terms_mlp_runs():
     opt = optax.adam(1e-2)
     trained = retrain(mlp, loss, params, (x, y), jnp.ones((1, 16)), optimizer=opt, num_steps=20)
     trained = jax.tree.map(lambda a: a[0], trained)
-    solver = fit_factors(mlp, loss, trained, (x, y), strategy=CG(max_iterations=5))
+    solver = fit_factors(mlp, loss, trained, (x, y), strategy=MatrixFree(CG(5, rtol=0.0)))
     out = five_terms(
         mlp,
         loss,

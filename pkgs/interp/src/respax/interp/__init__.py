@@ -23,7 +23,6 @@ from ._influence import (
     self_scores as self_scores,
 )
 from ._influence_strategies import (
-    CG as CG,
     EKFAC as EKFAC,
     KFAC as KFAC,
     Arnoldi as Arnoldi,
@@ -32,7 +31,7 @@ from ._influence_strategies import (
     Identity as Identity,
     InfluenceFactors as InfluenceFactors,
     LiSSA as LiSSA,
-    Neumann as Neumann,
+    MatrixFree as MatrixFree,
     Strategy as Strategy,
 )
 from ._pbrf import (

@@ -36,13 +36,11 @@ from ._influence_layers import (
 )
 from ._influence_model import BlockRule, FlatModel, batched_map, block_layout, check_data
 from ._influence_strategies import (
-    CG as CGStrategy,
     EKFAC,
     KFAC,
     STRATEGIES,
     Arnoldi,
     ArnoldiFactors,
-    CGFactors,
     Diagonal,
     DiagonalFactors,
     Exact,
@@ -53,8 +51,8 @@ from ._influence_strategies import (
     KroneckerFactors,
     LiSSA,
     LiSSAFactors,
-    Neumann,
-    NeumannFactors,
+    MatrixFree,
+    MatrixFreeFactors,
     Strategy,
     dense_ggn_blocks,
     dense_hessian_blocks,
@@ -76,7 +74,7 @@ def _strategy(strategy: Strategy | str) -> Strategy:
         return STRATEGIES[strategy.lower()]()
     raise ValueError(
         f"`strategy` must be one of {sorted(STRATEGIES)} or a Strategy instance "
-        f"(Exact(...), CG(...), ...), got {strategy!r}."
+        f"(Exact(...), MatrixFree(CG(...)), ...), got {strategy!r}."
     )
 
 
@@ -103,8 +101,11 @@ def fit_factors(
             the parameters).
         train: `(inputs, targets)` with a leading batch axis, the examples the curvature averages
             over (N of them).
-        strategy: a strategy configuration (`Exact`, `Identity`, `Diagonal`, `CG`, `Neumann`,
-            `LiSSA`, `Arnoldi`, `KFAC`, `EKFAC`) or its lower-case name for the defaults.
+        strategy: a strategy configuration (`Exact`, `Identity`, `Diagonal`,
+            `MatrixFree(linear_solver)` with any lineax solver, `LiSSA`, `Arnoldi`, `KFAC`,
+            `EKFAC`) or its lower-case name for the defaults ("cg" and "neumann" are
+            `MatrixFree(CG(max_steps=100))` and
+            `MatrixFree(Neumann(max_steps=200, step_size=1.0))`).
         blocks: the layout of layers: "module" (default: the arrays sharing a parent, e.g. a
             linear layer's weight and bias), "leaf", "full" or a function `path -> label`. Used by
             block-diagonal strategies and by per-layer scores.
@@ -259,10 +260,10 @@ def _fit(
         d = eqx.error_if(d, ~jnp.all(jnp.isfinite(d)), "fit_factors: non-finite curvature.")
         return DiagonalFactors(diagonal=d, **common)
     v0 = jax.random.normal(key, (model.num_params,), model.flat.dtype)
-    if isinstance(strategy, CGStrategy | Neumann | LiSSA):
-        cls = {CGStrategy: CGFactors, Neumann: NeumannFactors, LiSSA: LiSSAFactors}[type(strategy)]
+    if isinstance(strategy, MatrixFree | LiSSA):
+        cls = MatrixFreeFactors if isinstance(strategy, MatrixFree) else LiSSAFactors
         factors = cls(inputs=inputs, lambda_max=jnp.zeros((), model.flat.dtype), **common)
-        if isinstance(strategy, Neumann | LiSSA):
+        if isinstance(strategy, LiSSA) or strategy.needs_lambda_max:
             mv = factors.matvec(model, inputs)
             lam = power_iteration(
                 mv, key=key, max_steps=strategy.power_iterations, like=v0
@@ -576,12 +577,11 @@ def load_factors(path, like: InfluenceFactors) -> InfluenceFactors:
 
 __all__ = [
     "Arnoldi",
-    "CGStrategy",
     "Diagonal",
     "Exact",
     "Identity",
     "LiSSA",
-    "Neumann",
+    "MatrixFree",
     "fit_factors",
     "inverse_curvature_product",
     "load_factors",
