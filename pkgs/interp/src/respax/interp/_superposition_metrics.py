@@ -102,7 +102,7 @@ def feature_dimensionality(W: Float[Array, "n m"]) -> Float[Array, " n"]:
         ``[n_features]`` in ``[0, 1]``.
 
     Example:
-        >>> angles = 2 * jnp.pi * jnp.arange(5) / 5
+        >>> angles = 2 * jnp.pi * jnp.arange(5.0) / 5
         >>> pentagon = jnp.stack([jnp.cos(angles), jnp.sin(angles)], axis=1)
         >>> feature_dimensionality(pentagon).round(3)  # 2/5 each
         Array([0.4, 0.4, 0.4, 0.4, 0.4], dtype=float32)
@@ -208,8 +208,8 @@ def density_peaks(
     distance = jnp.abs(d[None, :] - f[:, None])
     narrow_counts = jnp.sum(distance <= narrow, axis=-1)
     flank_counts = jnp.sum((distance > narrow) & (distance <= wide), axis=-1)
-    peak_density = narrow_counts / (2 * narrow)
-    flank_density = flank_counts / (2 * (wide - narrow))
+    peak_density = narrow_counts.astype(d.dtype) / (2 * narrow)
+    flank_density = flank_counts.astype(d.dtype) / (2 * (wide - narrow))
     is_peak = (narrow_counts >= min_count) & (peak_density >= contrast * flank_density)
     return is_peak, narrow_counts.astype(jnp.int32), flank_counts.astype(jnp.int32)
 
