@@ -14,10 +14,11 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import lineax as lx
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from respax.core import conjugate_gradient, lissa, neumann_series
+from respax.core import CG, Neumann, as_operator, linear_solve_with_info, lissa
 
 from ._influence_layers import linear_block_matvec
 from ._influence_model import FlatModel, batched_map
@@ -123,39 +124,51 @@ class Diagonal(Strategy):
         _check_int("mc_samples", self.mc_samples, allow_none=True)
 
 
-class CG(Strategy):
-    """Conjugate gradient on matrix-free GGN products over the fitting set (`respax.core`).
+class MatrixFree(Strategy):
+    """Matrix-free GGN products over the fitting set, solved by any lineax solver.
+
+    The operator is `(C + damping I)` with `C` the mean GGN (block-diagonal with
+    `block_diagonal=True`), one product per block per matvec; each query row is solved on its
+    own (vmapped). `respax.core.CG` and `respax.core.Neumann` spend exactly `max_steps` products
+    (CG may stop earlier at its tolerance); lineax's direct solvers materialize the operator.
+
+    A `respax.core.Neumann` solver runs on the operator divided by `lambda_max + damping`, with
+    `lambda_max` estimated at fit time by `power_iterations` steps of power iteration, so its
+    `step_size` is a fraction of `1 / (lambda_max + damping)` (the series converges for
+    `0 < step_size < 2`). Other solvers see the operator itself.
 
     Args:
-        max_iterations: matvec budget per query.
-        tol: relative residual tolerance (0 runs the full budget).
-        block_diagonal: use the block-diagonal GGN (one product per block per iteration).
+        linear_solver: a `lineax.AbstractLinearSolver`; default `CG(max_steps=100)` (to the
+            dtype's default `rtol`, sqrt(eps)).
+        block_diagonal: use the block-diagonal GGN.
+        power_iterations: power-iteration steps for a Neumann solver's scale.
+        throw: raise when a solve fails (e.g. CG short of its tolerance); False returns the
+            approximate solution as it is.
+
+    Example:
+        >>> from respax.core import CG, Neumann
+        >>> from respax.interp import MatrixFree
+        >>> cg = MatrixFree(CG(max_steps=200, rtol=1e-8), block_diagonal=True)
+        >>> neumann = MatrixFree(Neumann(max_steps=200, step_size=1.0))
     """
 
-    max_iterations: int = eqx.field(default=100, static=True)
-    tol: float = eqx.field(default=1e-6, static=True)
+    linear_solver: lx.AbstractLinearSolver = CG(max_steps=100)
     block_diagonal: bool = eqx.field(default=False, static=True)
-
-    def __check_init__(self):
-        _check_int("max_iterations", self.max_iterations)
-        if not self.tol >= 0:
-            raise ValueError(f"`tol` must be >= 0, got {self.tol!r}.")
-
-
-class Neumann(Strategy):
-    """Truncated Neumann series with step `alpha = step_fraction / (lambda_max + damping)`, where
-    `lambda_max` is estimated at fit time by power iteration (`respax.core.neumann_series`)."""
-
-    num_iterations: int = eqx.field(default=200, static=True)
-    step_fraction: float = eqx.field(default=1.0, static=True)
     power_iterations: int = eqx.field(default=30, static=True)
-    block_diagonal: bool = eqx.field(default=False, static=True)
+    throw: bool = eqx.field(default=True, static=True)
 
     def __check_init__(self):
-        _check_int("num_iterations", self.num_iterations)
+        if not isinstance(self.linear_solver, lx.AbstractLinearSolver):
+            raise TypeError(
+                "`linear_solver` must be a lineax.AbstractLinearSolver (respax.core.CG, "
+                f"respax.core.Neumann, lineax.Cholesky(), ...), got "
+                f"{type(self.linear_solver).__name__}."
+            )
         _check_int("power_iterations", self.power_iterations)
-        if not 0 < self.step_fraction < 2:
-            raise ValueError(f"`step_fraction` must be in (0, 2), got {self.step_fraction!r}.")
+
+    @property
+    def needs_lambda_max(self) -> bool:
+        return isinstance(self.linear_solver, Neumann)
 
 
 class LiSSA(Strategy):
@@ -285,8 +298,8 @@ STRATEGIES = {
     "exact": Exact,
     "identity": Identity,
     "diagonal": Diagonal,
-    "cg": CG,
-    "neumann": Neumann,
+    "cg": lambda: MatrixFree(CG(max_steps=100)),
+    "neumann": lambda: MatrixFree(Neumann(max_steps=200, step_size=1.0)),
     "lissa": LiSSA,
     "arnoldi": Arnoldi,
     "kfac": KFAC,
@@ -386,24 +399,17 @@ class _MatrixFreeFactors(InfluenceFactors):
         return mv
 
 
-class CGFactors(_MatrixFreeFactors):
+class MatrixFreeFactors(_MatrixFreeFactors):
     def precondition(self, model, g, damping, key):
-        mv = self.matvec(model, self.inputs)
         s = self.strategy
-        solve = lambda b: conjugate_gradient(
-            mv, b, max_iterations=s.max_iterations, tol=s.tol, damping=damping
-        )[0]
-        return jax.vmap(solve)(g)
-
-
-class NeumannFactors(_MatrixFreeFactors):
-    def precondition(self, model, g, damping, key):
         mv = self.matvec(model, self.inputs)
-        s = self.strategy
-        alpha = s.step_fraction / (self.lambda_max + damping)
-        solve = lambda b: neumann_series(
-            mv, b, num_iterations=s.num_iterations, alpha=alpha, damping=damping
-        )[0]
+        scale = self.lambda_max + damping if s.needs_lambda_max else 1.0
+        like = jnp.zeros(g.shape[1:], g.dtype)
+        operator = as_operator(lambda v: (mv(v) + damping * v) / scale, like)
+
+        def solve(b):
+            return linear_solve_with_info(operator, b / scale, s.linear_solver, throw=s.throw)[0]
+
         return jax.vmap(solve)(g)
 
 
@@ -433,8 +439,8 @@ class LiSSAFactors(_MatrixFreeFactors):
                     hvp,
                     b,
                     sample,
-                    kk,
-                    num_iterations=s.num_iterations,
+                    key=kk,
+                    max_steps=s.num_iterations,
                     scale=scale,
                     damping=damping,
                 )[0]
@@ -500,7 +506,7 @@ class KroneckerFactors(InfluenceFactors):
             self.strategy.refine_dtype,
         )
         precond = lambda r: self.kronecker_inverse(model, r, damping)
-        return batched_pcg(matvec, precond, g, iterations)
+        return preconditioned_cg_rows(matvec, precond, g, iterations)
 
 
 def block_ggn_matvec(
@@ -567,26 +573,19 @@ def block_ggn_matvec(
     return matvec
 
 
-def batched_pcg(matvec, precond, b: Float[Array, "m p"], num_iterations: int):
-    """Preconditioned conjugate gradient from zero for every row of `b`, a fixed number of
-    iterations (`matvec` and `precond` act on row batches; per-row step sizes)."""
-    dot = lambda u, v: jnp.sum(u * v, axis=-1)
-    safe_div = lambda a, c: jnp.where(c > 0, a / jnp.where(c > 0, c, 1.0), 0.0)
-    z = precond(b)
-    init = (jnp.zeros_like(z), b.astype(z.dtype), z, dot(b, z))
-
-    def body(_, carry):
-        x, r, p, rz = carry
-        ap = matvec(p)
-        alpha = safe_div(rz, dot(p, ap))
-        x = x + alpha[:, None] * p
-        r = r - alpha[:, None] * ap
-        z = precond(r)
-        rz_new = dot(r, z)
-        p = z + safe_div(rz_new, rz)[:, None] * p
-        return x, r, p, rz_new
-
-    return jax.lax.fori_loop(0, num_iterations, body, init)[0]
+def preconditioned_cg_rows(matvec, precond, b: Float[Array, "m p"], num_iterations: int):
+    """`respax.core.CG` with a preconditioner, exactly `num_iterations` steps from zero, for every
+    row of `b` (vmapped: per-row step sizes). `matvec` and `precond` act on row batches."""
+    like = jax.ShapeDtypeStruct(b.shape[1:], b.dtype)
+    operator = lx.FunctionLinearOperator(lambda v: matvec(v[None])[0], like, lx.symmetric_tag)
+    preconditioner = lx.FunctionLinearOperator(
+        lambda r: precond(r[None])[0], like, lx.positive_semidefinite_tag
+    )
+    solver = CG(max_steps=num_iterations, rtol=0.0)
+    options = {"preconditioner": preconditioner}
+    return jax.vmap(lambda row: linear_solve_with_info(operator, row, solver, options=options)[0])(
+        b
+    )
 
 
 # ----------------------------------------------------------------------------------------------
