@@ -179,7 +179,12 @@ class CapturePlan:
         return bool(self._key() == other._key())
 
     def __hash__(self) -> int:
-        return hash(self._key())
+        # Hashed on every call of a jit that takes the plan as static: computed once.
+        h = self.__dict__.get("_cached_hash")
+        if h is None:
+            h = hash(self._key())
+            object.__setattr__(self, "_cached_hash", h)
+        return h
 
     @property
     def num_uncovered(self) -> int:
