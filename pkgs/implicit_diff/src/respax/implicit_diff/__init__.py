@@ -7,6 +7,11 @@ counts) or lineax's own (`lineax.Cholesky()`, `lineax.LU()`, `lineax.SVD()`, ...
 
 from importlib.metadata import version as _version
 
+from ._adjoint import (
+    Implicit as Implicit,
+    Truncated as Truncated,
+    Unrolled as Unrolled,
+)
 from ._bilevel import (
     BilevelConfig as BilevelConfig,
     BilevelHistory as BilevelHistory,
@@ -18,7 +23,6 @@ from ._bilevel import (
 from ._hypergradient import (
     FullUnroll as FullUnroll,
     HypergradInfo as HypergradInfo,
-    Implicit as Implicit,
     TruncatedUnroll as TruncatedUnroll,
     hypergradient as hypergradient,
 )

@@ -21,13 +21,11 @@ from typing import Literal
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import lineax as lx
 import optax
 import optax.tree as otu
 from jaxtyping import Array, Bool, Float, Int, PyTree
 
 from respax.core import (
-    CG,
     RESULTS,
     check_float_tree,
     check_positive,
@@ -35,8 +33,9 @@ from respax.core import (
     is_inexact_array_like,
 )
 
-from ._inner import check_optimizer, run_inner_optimizer
-from ._solves import check_linear_solver, solve
+from ._adjoint import Implicit
+from ._inner import check_optimizer, run_inner_optimizer, run_truncated
+from ._solves import solve
 
 
 class FullUnroll(eqx.Module):
@@ -86,39 +85,6 @@ class TruncatedUnroll(eqx.Module):
                 f"`backprop_steps` ({self.backprop_steps}) must be <= `num_steps` "
                 f"({self.num_steps})."
             )
-
-
-class Implicit(eqx.Module):
-    """The implicit function theorem at the given inner parameters, with an inner-Hessian solve.
-
-    `linear_solver` is any `lineax.AbstractLinearSolver`; the inner Hessian is a matrix-free
-    operator tagged symmetric and positive semidefinite. `respax.core.CG` (the default, to the
-    dtype's default tolerance) and `respax.core.Neumann` spend exactly their budget of Hessian
-    products; `Neumann(max_steps=1, step_size=a)` is the one-step ("T1-T2") approximation
-    `v = a * grad_w F`. For singular inner Hessians (overparameterized inner problems), `CG` from
-    zero and `lineax.SVD()` give the minimum-norm solve; `lineax.Cholesky()` is exact on positive
-    definite ones and fails (`RESULTS.singular`) on singular ones.
-
-    Args:
-        linear_solver: the solver of `(H + damping I) v = grad_w F`.
-        damping: Tikhonov damping of the solve (>= 0; 0 solves with the inner Hessian itself).
-        throw: raise (inside jit too) when the solve fails (CG short of its tolerance, an
-            indefinite Hessian, a divergent Neumann series, a singular Cholesky); with
-            `throw=False` the failure is only `info.result`.
-
-    Example:
-        >>> from respax.core import CG
-        >>> from respax.implicit_diff import Implicit
-        >>> method = Implicit(CG(max_steps=100))
-    """
-
-    linear_solver: lx.AbstractLinearSolver = CG(max_steps=100)
-    damping: float | Float[Array, ""] = 0.0
-    throw: bool = eqx.field(static=True, default=True)
-
-    def __check_init__(self):
-        check_linear_solver("linear_solver", self.linear_solver)
-        check_positive("damping", self.damping, allow_zero=True)
 
 
 Method = FullUnroll | TruncatedUnroll | Implicit
@@ -238,34 +204,9 @@ def _unrolled(outer_loss, inner_loss, u, w, method):
 
 
 def _truncated(inner_loss, u, w0, method: TruncatedUnroll):
-    """T steps from `w0`; gradients flow through the last `backprop_steps` only.
-
-    The optimizer state of the first `T - K` steps is carried on (stop-gradiented), so the forward
-    trajectory is exactly that of `FullUnroll(optimizer, T)`.
-    """
-    optimizer = method.optimizer
-    extra_args = isinstance(optimizer, optax.GradientTransformationExtraArgs)
-
-    def make_step(uu):
-        value_fn = lambda ww: inner_loss(uu, ww)
-
-        def step(carry, _):
-            w, state = carry
-            value, grad = jax.value_and_grad(value_fn)(w)
-            extra = dict(value=value, grad=grad, value_fn=value_fn) if extra_args else {}
-            updates, state = optimizer.update(grad, state, w, **extra)
-            return (optax.apply_updates(w, updates), state), None
-
-        return step
-
-    carry = (w0, optimizer.init(w0))
-    prefix = method.num_steps - method.backprop_steps
-    if prefix > 0:
-        step = make_step(jax.lax.stop_gradient(u))
-        carry, _ = jax.lax.scan(step, carry, None, length=prefix)
-        carry = jax.lax.stop_gradient(carry)
-    (w_t, _), _ = jax.lax.scan(make_step(u), carry, None, length=method.backprop_steps)
-    return w_t
+    return run_truncated(
+        inner_loss, u, w0, method.optimizer, method.num_steps, method.backprop_steps
+    )
 
 
 def hypergradient(

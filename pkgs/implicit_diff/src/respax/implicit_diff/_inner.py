@@ -12,6 +12,9 @@ from jaxtyping import Array, Bool, Float, Int, PyTree
 
 from respax.core import check_positive, check_positive_int
 
+from ._adjoint import Adjoint, Implicit, Truncated, Unrolled
+from ._root import implicit_argmin
+
 
 class InnerInfo(NamedTuple):
     """Diagnostics of an inner solve."""
@@ -150,38 +153,113 @@ def solve_inner(
     *,
     max_steps: int,
     tol: float = 0.0,
+    adjoint: Adjoint = Implicit(),
 ) -> tuple[PyTree, InnerInfo]:
-    """Minimize `w -> inner_loss(outer_params, w)` until `||grad|| <= tol` or `max_steps` steps.
+    """Minimize `w -> inner_loss(outer_params, w)`; the solution is differentiable in `u`.
 
-    A `lax.while_loop` (not reverse-differentiable: differentiate its solution with
-    `hypergradient(..., Implicit(...))` or `implicit_root`). Works with optax's L-BFGS: when the
-    optimizer state stores the value and gradient of its line search (optax's default zoom line
-    search, or `optax.scale_by_backtracking_linesearch(..., store_grad=True)`), they are reused,
-    so each step costs one line search.
+    How the solution `w(u)` is differentiated is the `adjoint` (as in optimistix), so a
+    hypergradient is `jax.grad(lambda u: F(u, solve_inner(f, u, w0, opt, ...)[0]))(u)`:
+
+    - `Implicit(linear_solver)` (default): the loop runs until `||grad|| <= tol` or `max_steps`
+      (a `lax.while_loop`, forward only) and its end point is differentiated by the implicit
+      function theorem, one inner-Hessian solve per backward pass. It assumes the end point is a
+      minimum: check `info.converged` (set `tol`).
+    - `Unrolled(checkpoint_branching=None)`: exactly `max_steps` steps (`tol` must be 0),
+      backpropagated through.
+    - `Truncated(backprop_steps)`: exactly `max_steps` steps, backpropagated through the last
+      `backprop_steps`.
+
+    Works with optax's L-BFGS: when the optimizer state stores the value and gradient of its line
+    search (optax's default zoom line search, or
+    `optax.scale_by_backtracking_linesearch(..., store_grad=True)`), they are reused, so each
+    step costs one line search.
 
     Args:
         inner_loss: `inner_loss(u, w) -> scalar`.
         outer_params: u.
-        inner_params: the starting w.
+        inner_params: the starting w (its derivative is not taken).
         optimizer: an optax transformation, e.g. `optax.lbfgs()`.
         max_steps: the step budget (>= 1).
         tol: stop when the gradient norm is <= tol (0 runs the whole budget).
+        adjoint: `Implicit(...)`, `Unrolled(...)` or `Truncated(...)`.
 
     Returns:
-        `(w, InnerInfo(steps, grad_norm, converged))`.
+        `(w, InnerInfo(steps, grad_norm, converged))`; the info is not differentiated.
 
     Example:
-        >>> import jax.numpy as jnp, optax
+        >>> import jax, jax.numpy as jnp, optax
         >>> from respax.implicit_diff import solve_inner
         >>> f = lambda u, w: 0.5 * jnp.sum((w - u) ** 2)
         >>> w, info = solve_inner(f, jnp.ones(2), jnp.zeros(2), optax.lbfgs(),
         ...                       max_steps=10, tol=1e-6)
         >>> w, bool(info.converged)
         (Array([1., 1.], dtype=float32), True)
+        >>> F = lambda u: jnp.sum(solve_inner(f, u, jnp.zeros(2), optax.lbfgs(),
+        ...                                   max_steps=10, tol=1e-6)[0] ** 2)
+        >>> jax.grad(F)(jnp.ones(2))  # w*(u) = u, so dF/du = 2u
+        Array([2., 2.], dtype=float32)
     """
     check_positive_int("max_steps", max_steps)
     check_positive("tol", tol, allow_zero=True)
     check_optimizer("optimizer", optimizer)
+    if not isinstance(adjoint, Implicit | Unrolled | Truncated):
+        raise TypeError(
+            "`adjoint` must be Implicit(...), Unrolled(...) or Truncated(...), got "
+            f"{type(adjoint).__name__}."
+        )
+    if isinstance(adjoint, Implicit):
+        solver = lambda w0, u: _solve_loop(inner_loss, u, w0, optimizer, max_steps, tol)
+        wrapped = implicit_argmin(
+            lambda w, u: inner_loss(u, w),
+            linear_solver=adjoint.linear_solver,
+            damping=adjoint.damping,
+            throw=adjoint.throw,
+            solver_has_aux=True,
+        )(solver)
+        return wrapped(inner_params, outer_params)
+    if tol != 0:
+        raise ValueError(
+            f"`tol` must be 0 with the {type(adjoint).__name__} adjoint: it backpropagates "
+            "through a fixed number of steps (`max_steps`); use Implicit() to stop at a tolerance."
+        )
+    if isinstance(adjoint, Unrolled):
+        w = run_inner_optimizer(
+            inner_loss,
+            outer_params,
+            inner_params,
+            optimizer,
+            max_steps,
+            checkpoint_branching=adjoint.checkpoint_branching,
+        )
+    else:
+        if adjoint.backprop_steps > max_steps:
+            raise ValueError(
+                f"`backprop_steps` ({adjoint.backprop_steps}) must be <= `max_steps` ({max_steps})."
+            )
+        w = run_truncated(
+            inner_loss, outer_params, inner_params, optimizer, max_steps, adjoint.backprop_steps
+        )
+    grad_norm = jax.lax.stop_gradient(otu.norm(jax.grad(inner_loss, argnums=1)(outer_params, w)))
+    steps = jnp.asarray(max_steps, jnp.int32)
+    return w, InnerInfo(steps=steps, grad_norm=grad_norm, converged=grad_norm <= tol)
+
+
+def run_truncated(
+    inner_loss: Callable, outer_params, inner_params, optimizer, num_steps: int, backprop_steps: int
+) -> PyTree:
+    """`num_steps` optimizer steps from `inner_params`; gradients flow through the last
+    `backprop_steps` only. The optimizer state of the first steps is carried on
+    (stop-gradiented), so the forward trajectory is exactly that of the full run."""
+    carry = (inner_params, optimizer.init(inner_params))
+    prefix = num_steps - backprop_steps
+    if prefix > 0:
+        step = _make_step(inner_loss, optimizer, jax.lax.stop_gradient(outer_params))
+        carry = jax.lax.stop_gradient(_scan_steps(step, carry, prefix))
+    step = _make_step(inner_loss, optimizer, outer_params)
+    return _scan_steps(step, carry, backprop_steps)[0]
+
+
+def _solve_loop(inner_loss, outer_params, inner_params, optimizer, max_steps, tol):
     value_fn = lambda w: inner_loss(outer_params, w)
     value_and_grad = jax.value_and_grad(value_fn)
     state0 = optimizer.init(inner_params)

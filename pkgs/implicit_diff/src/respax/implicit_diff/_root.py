@@ -33,6 +33,8 @@ class _Config(eqx.Module):
     linear_solver: lx.AbstractLinearSolver
     symmetric: bool = eqx.field(static=True)
     psd: bool = eqx.field(static=True)
+    damping: Any
+    throw: bool = eqx.field(static=True)
     solver_has_aux: bool = eqx.field(static=True)
     check_tol: float | None = eqx.field(static=True)
 
@@ -105,10 +107,20 @@ def _root_jvp(primals, tangents, *, config: _Config):
         _, rhs = jax.jvp(residual_of, (diff,), (diff_tangents,))
 
         def matvec(v):
-            return jax.jvp(lambda x: _call(optimality, x, args), (sol,), (v,))[1]
+            out = jax.jvp(lambda x: _call(optimality, x, args), (sol,), (v,))[1]
+            if isinstance(config.damping, int | float) and config.damping == 0:
+                return out
+            return otu.add_scale(out, config.damping, v)
 
         def linear_solve(mv, b):
-            return solve(mv, b, config.linear_solver, symmetric=config.symmetric, psd=config.psd)[0]
+            return solve(
+                mv,
+                b,
+                config.linear_solver,
+                symmetric=config.symmetric,
+                psd=config.psd,
+                throw=config.throw,
+            )[0]
 
         t_sol = jax.lax.custom_linear_solve(
             matvec,
@@ -146,6 +158,8 @@ def implicit_root(
     linear_solver: lx.AbstractLinearSolver = lx.LU(),
     symmetric: bool = False,
     psd: bool = False,
+    damping: float = 0.0,
+    throw: bool = True,
     has_aux: bool = False,
     solver_has_aux: bool = False,
     check_tol: float | None = None,
@@ -168,6 +182,8 @@ def implicit_root(
             then reuses the solve without transposing the matvec.
         psd: the Jacobian is also positive semidefinite (the Hessian at a minimum), which
             `lineax.Cholesky()` needs; only with `symmetric=True`.
+        damping: Tikhonov damping added to the Jacobian in the solve (>= 0).
+        throw: raise when the linear solve fails (see `respax.core.RESULTS`).
         has_aux: `optimality_fn` returns `(residual, aux)`.
         solver_has_aux: `solver` returns `(sol, aux)`; the wrapped function then returns
             `(sol, aux)` too, with a zero derivative for `aux`.
@@ -194,7 +210,16 @@ def implicit_root(
         check_positive("check_tol", check_tol)
     if psd and not symmetric:
         raise ValueError("`psd=True` needs `symmetric=True` (a PSD Jacobian is symmetric).")
-    config = _Config(linear_solver, bool(symmetric), bool(psd), bool(solver_has_aux), check_tol)
+    check_positive("damping", damping, allow_zero=True)
+    config = _Config(
+        linear_solver,
+        bool(symmetric),
+        bool(psd),
+        damping,
+        bool(throw),
+        bool(solver_has_aux),
+        check_tol,
+    )
     residual_fn = (lambda x, *a: optimality_fn(x, *a)[0]) if has_aux else optimality_fn
 
     def decorator(solver: Callable[..., Any]) -> Callable[..., Any]:
@@ -278,6 +303,8 @@ def implicit_argmin(
     loss_fn: Callable[..., Any],
     *,
     linear_solver: lx.AbstractLinearSolver = CG(max_steps=1000),
+    damping: float = 0.0,
+    throw: bool = True,
     has_aux: bool = False,
     solver_has_aux: bool = False,
     check_tol: float | None = None,
@@ -307,6 +334,8 @@ def implicit_argmin(
         linear_solver=linear_solver,
         symmetric=True,
         psd=True,
+        damping=damping,
+        throw=throw,
         has_aux=has_aux,
         solver_has_aux=solver_has_aux,
         check_tol=check_tol,
