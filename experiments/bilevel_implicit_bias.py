@@ -452,11 +452,10 @@ def _oned_member(cfg: Config, dim: int):
         )
         state = bilevel_init(config, jnp.zeros(1), unflatten(rand["w0"]))
 
-        def step(state, _):
-            state, history = bilevel_run(config, outer, inner, state, 1)
-            return state, (state.outer_params[0], history.outer_loss[0])
-
-        state, (u_trace, loss_trace) = jax.lax.scan(step, state, None, length=cfg.oned_outer_steps)
+        state, history = bilevel_run(config, outer, inner, state, cfg.oned_outer_steps)
+        # u after each outer step: u_1..u_T (the history holds u_0..u_{T-1}, then the final u).
+        u_trace = jnp.concatenate([history.outer_params[1:, 0], state.outer_params])
+        loss_trace = history.outer_loss
         us = jnp.concatenate([state.outer_params, u_grid])[:, None]  # final u, then the grid
         acc = _trained_accuracies(
             cfg,

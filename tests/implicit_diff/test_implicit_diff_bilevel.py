@@ -181,3 +181,19 @@ def test_history_records_the_relative_solve_residual_and_flags_a_divergent_neuma
     unrolled = BilevelConfig(FullUnroll(optax.sgd(0.25), 3), optax.sgd(0.1))
     _, history = jax.jit(lambda: bilevel_optimize(unrolled, outer, inner, u0, w0, 2))()
     np.testing.assert_array_equal(history.linear_relative_residual, 0.0)
+
+
+@pytest.mark.float64
+def test_history_records_the_outer_trajectory():
+    """`history.outer_params[t]` is u_t: the same as running one outer step at a time."""
+    inner, outer, _, _ = _quadratic()
+    w0, u0 = jnp.zeros(D), jnp.ones(P)
+    config = BilevelConfig(FullUnroll(optax.sgd(0.25), 3), optax.sgd(0.1))
+    run = jax.jit(lambda s, n: bilevel_run(config, outer, inner, s, n), static_argnums=1)
+    state = bilevel_init(config, u0, w0)
+    _, history = run(state, 4)
+    us = []
+    for _ in range(4):
+        us.append(state.outer_params)
+        state, _ = run(state, 1)
+    np.testing.assert_allclose(history.outer_params, np.stack(us), rtol=1e-6)

@@ -115,6 +115,9 @@ class BilevelHistory(NamedTuple):
     # series that diverges (alpha * lambda_max(H) >= 2, e.g. inner SGD at the edge of stability
     # with alpha = its lr) shows here as a value far above 1.
     linear_relative_residual: Float[Array, " steps"]
+    # u_t, the outer parameters at which step t's hypergradient was taken (a leading step axis on
+    # every leaf): the outer trajectory, without running one step at a time.
+    outer_params: PyTree = None
 
 
 def bilevel_init(
@@ -180,7 +183,11 @@ def _outer_step(config: BilevelConfig, outer_loss, inner_loss, state: BilevelSta
         key=state.key,
     )
     trace = BilevelHistory(
-        info.outer_loss, otu.norm(hypergrad), info.inner_grad_norm, info.linear_relative_residual
+        info.outer_loss,
+        otu.norm(hypergrad),
+        info.inner_grad_norm,
+        info.linear_relative_residual,
+        u,
     )
     return new_state, trace
 
