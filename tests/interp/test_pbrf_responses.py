@@ -18,6 +18,7 @@ from respax.interp import (
     loo_retrain,
     pbrf,
     proximal_response,
+    response_distances,
     retrain,
 )
 
@@ -154,7 +155,7 @@ def _mlp_problem():
 
 
 @pytest.mark.slow
-def test_five_terms_mlp_runs():
+def test_five_terms_mlp_are_distances_that_chain_and_term5_is_the_solver_error():
     params, mlp, x, y = _mlp_problem()
     loss = SoftmaxCrossEntropy()
     opt = optax.adam(1e-2)
@@ -179,6 +180,20 @@ def test_five_terms_mlp_runs():
         for term in TERMS:
             v = out[space][term]
             assert v.shape == (2,) and bool(jnp.all(jnp.isfinite(v))) and bool(jnp.all(v >= 0))
+    # The terms are the distances between consecutive responses (cold, warm, proximal, PBRF,
+    # linearized, solver), so the cold-to-solver distance is at most their sum (triangle
+    # inequality) in both spaces.
+    resp = out["responses"]
+    ends = response_distances(mlp, resp["cold"], resp["solver"], x)
+    for space in ("param", "output"):
+        total = sum(out[space][term] for term in TERMS)
+        assert bool(jnp.all(ends[space] <= total * (1 + 1e-5) + 1e-7)), space
+    # Term 5 is the approximate solver's error: a solver run longer has a smaller one.
+    longer = fit_factors(mlp, loss, trained, (x, y), strategy=MatrixFree(CG(60, rtol=0.0)))
+    removed = jnp.array([0, 1])
+    better = linearized_pbrf(longer, mlp, loss, trained, (x, y), removed, damping=1e-2)
+    term5_longer = response_distances(mlp, resp["linearized"], better, x)["param"]
+    assert bool(jnp.all(term5_longer < out["param"][TERMS[-1]]))
 
 
 def test_pbrf_bad_input_raises_clear_errors():
