@@ -9,7 +9,6 @@ import numpy as np
 import optax
 import pytest
 
-from respax.core import CG
 from respax.implicit_diff import (
     FullUnroll,
     Implicit,
@@ -20,6 +19,7 @@ from respax.implicit_diff import (
     solve_inner,
 )
 from respax.testing import tree_allclose
+from tests.helpers import exact_linear_solvers, solver_id
 
 D, P = 5, 3
 
@@ -42,7 +42,7 @@ def _quadratic(seed=0, dtype=np.float64):
 
 
 @pytest.mark.float64
-@pytest.mark.parametrize("linear_solver", [lx.Cholesky(), CG(max_steps=50, rtol=1e-12)])
+@pytest.mark.parametrize("linear_solver", exact_linear_solvers(jnp.float64), ids=solver_id)
 def test_implicit_adjoint_is_the_ift_hypergradient(linear_solver):
     inner, outer, closed_form, u = _quadratic()
     w0 = jnp.zeros(D)

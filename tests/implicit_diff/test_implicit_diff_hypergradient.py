@@ -20,6 +20,7 @@ from respax.implicit_diff import (
     run_inner_optimizer,
     solve_inner,
 )
+from tests.helpers import exact_linear_solvers, solver_id
 
 D, P, M = 6, 4, 5  # inner dim, outer dim, outer residual dim
 
@@ -86,20 +87,14 @@ def _relerr(x, y):
     return float(np.linalg.norm(x - y) / np.linalg.norm(y))
 
 
-EXACT_SOLVES = [
-    lx.Cholesky(),
-    lx.LU(),
-    lx.SVD(),
-    CG(max_steps=100, rtol=1e-13),
-    lx.CG(rtol=1e-14, atol=1e-14),
-]
+EXACT_SOLVES = [*exact_linear_solvers(jnp.float64), lx.CG(rtol=1e-14, atol=1e-14)]
 
 
 @pytest.mark.float64
 @pytest.mark.parametrize(
     "solve",
     EXACT_SOLVES,
-    ids=lambda s: type(s).__module__.split(".")[0] + "." + type(s).__name__,
+    ids=solver_id,
 )
 def test_implicit_exact_matches_closed_form_float64(solve):
     arrays, gamma = _problem(0)
