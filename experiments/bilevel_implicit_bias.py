@@ -28,6 +28,7 @@ The outer learning rate of every run is chosen from a small grid by the final ou
 
 import dataclasses
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import lineax as lx
@@ -251,20 +252,26 @@ def _data_name(cfg: Config) -> str:
 
 
 def _mlp(hidden: int, dim: int):
+    """The inner model, a tanh MLP dim-hidden-10 (`eqx.nn.MLP`), as `(unflatten, loss, accuracy)`:
+    `unflatten(flat)` fills its weights from one vector of U(-1, 1) draws (so that the host draws
+    every seed's inits up front); `loss` and `accuracy` take those weights and a batch."""
+    template = eqx.nn.MLP(dim, 10, hidden, depth=1, activation=jnp.tanh, key=jax.random.key(0))
+    params0, static = eqx.partition(template, eqx.is_array)
     n1 = dim * hidden
 
     def unflatten(flat):
         # LeCun-uniform weights (variance 1 / fan-in) from U(-1, 1) draws, zero biases.
         flat = flat * np.sqrt(3.0)
-        return {
-            "w1": flat[..., :n1].reshape(flat.shape[:-1] + (dim, hidden)) / np.sqrt(dim),
-            "b1": jnp.zeros(flat.shape[:-1] + (hidden,)),
-            "w2": flat[..., n1:].reshape(flat.shape[:-1] + (hidden, 10)) / np.sqrt(hidden),
-            "b2": jnp.zeros(flat.shape[:-1] + (10,)),
-        }
+        w1 = flat[:n1].reshape(dim, hidden).T / np.sqrt(dim)
+        w2 = flat[n1:].reshape(hidden, 10).T / np.sqrt(hidden)
+        return eqx.tree_at(
+            lambda m: (m.layers[0].weight, m.layers[0].bias, m.layers[1].weight, m.layers[1].bias),
+            params0,
+            (w1, jnp.zeros(hidden, flat.dtype), w2, jnp.zeros(10, flat.dtype)),
+        )
 
     def apply(w, x):
-        return jnp.tanh(x @ w["w1"] + w["b1"]) @ w["w2"] + w["b2"]
+        return jax.vmap(eqx.combine(w, static))(x)
 
     def loss(w, x, y):
         return optax.softmax_cross_entropy_with_integer_labels(apply(w, x), y).mean()
