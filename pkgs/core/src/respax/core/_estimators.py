@@ -9,12 +9,12 @@ from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import lineax as lx
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from ._custom_types import Operator, Scalar, Vector
 from ._errors import check_positive_int
+from ._solvers import as_operator
 
 __all__ = [
     "LanczosResult",
@@ -49,22 +49,8 @@ def _mean_and_standard_error(samples: Float[Array, " m"]) -> TraceEstimate:
 
 
 def _flat_matvec(operator: Operator, like: Any):
-    if isinstance(operator, lx.AbstractLinearOperator):
-        mv = operator.mv
-        structure = operator.in_structure()
-    elif callable(operator):
-        if like is None:
-            raise ValueError(
-                "`like` (a pytree with the vectors' structure) is required when "
-                "`operator` is a plain matvec function."
-            )
-        mv = operator
-        structure = jax.eval_shape(lambda: like)
-    else:
-        raise TypeError(
-            "`operator` must be a lineax.AbstractLinearOperator or a callable v -> A v, "
-            f"got {type(operator).__name__}."
-        )
+    op = as_operator(operator, like)
+    mv, structure = op.mv, op.in_structure()
     zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), structure)
     flat0, unravel = ravel_pytree(zeros)
 

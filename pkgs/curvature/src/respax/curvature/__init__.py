@@ -16,10 +16,10 @@
 
 from importlib.metadata import version as _version
 
+# The functions curvature had, re-exported (the same objects); their result types
+# (`TraceEstimate`, `PowerIterationResult`) are respax.core's.
 from respax.core import (
     LanczosResult as LanczosResult,
-    PowerIterationResult as PowerIterationResult,
-    TraceEstimate as TraceEstimate,
     hutchinson_diagonal as hutchinson_diagonal,
     hutchinson_trace as hutchinson_trace,
     hutchpp_trace as hutchpp_trace,
