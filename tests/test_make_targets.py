@@ -14,7 +14,7 @@ _REPO = pathlib.Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 
 
-def _make(tmp_path, target, reproduce_status=0):
+def _make(tmp_path, target, reproduce_status=0, cwd=_REPO):
     log = tmp_path / "calls.txt"
     fake = tmp_path / "uv.sh"
     # Records each call; the `reproduce` call exits with the requested status.
@@ -22,8 +22,9 @@ def _make(tmp_path, target, reproduce_status=0):
         f'echo "$*" >> {log}\ncase "$*" in *reproduce*) exit {reproduce_status};; esac\nexit 0\n'
     )
     proc = subprocess.run(
-        ["make", "-s", "-o", "sync", "-o", "bench-env", f"UV=sh {fake}", target],
-        cwd=_REPO,
+        ["make", "-s", "-f", str(_REPO / "Makefile"), "-o", "sync", "-o", "bench-env"]
+        + [f"UV=sh {fake}", target],
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=60,
@@ -92,3 +93,15 @@ def test_ci_profile_is_derandomized():
         assert proc.returncode == 0, proc.stderr
         outs[ci] = proc.stdout.split()[-1]
     assert outs == {"true": "True", "": "False"}
+
+
+def test_bench_runs_scripts_that_are_not_peer_comparisons(tmp_path):
+    # A benchmark of ours alone (no `_vs_` in its name) runs too; helper modules do not.
+    work = tmp_path / "work"
+    (work / "benchmarks").mkdir(parents=True)
+    for name in ("a_vs_b.py", "cg_float32.py", "_common.py"):
+        (work / "benchmarks" / name).write_text("")
+    proc, calls = _make(tmp_path, "bench", cwd=work)
+    assert proc.returncode == 0, proc.stderr
+    ran = sorted(c.split("python benchmarks/")[1].split()[0] for c in calls)
+    assert ran == ["a_vs_b.py", "cg_float32.py"]
