@@ -161,8 +161,9 @@ def test_solver_matches_exact_oracle(name):
         apply, loss, model, train, strategy=Exact(block_diagonal=strategy.block_diagonal)
     )
     expected = pairwise_scores(exact, apply, loss, model, query, train, damping=damping)
-    f = fit_factors(apply, loss, model, train, strategy=strategy)
-    s = pairwise_scores(f, apply, loss, model, query, train, damping=damping)
+    key = jax.random.key(0)
+    f = fit_factors(apply, loss, model, train, strategy=strategy, key=key)
+    s = pairwise_scores(f, apply, loss, model, query, train, damping=damping, key=key)
     assert float(jnp.max(jnp.abs(s - expected)) / jnp.max(jnp.abs(expected))) < tol
 
 
@@ -173,10 +174,11 @@ def test_lissa_minibatches_track_exact():
     model, train, query = _problem(loss)
     exact = fit_factors(apply, loss, model, train, strategy="exact")
     expected = pairwise_scores(exact, apply, loss, model, query, train, damping=0.5)
-    f = fit_factors(
-        apply, loss, model, train, strategy=LiSSA(num_iterations=400, batch_size=8, num_repeats=8)
-    )
-    s = pairwise_scores(f, apply, loss, model, query, train, damping=0.5)
+    strategy = LiSSA(num_iterations=400, batch_size=8, num_repeats=8)
+    f = fit_factors(apply, loss, model, train, strategy=strategy, key=jax.random.key(0))
+    with pytest.raises(ValueError, match="key"):  # LiSSA samples minibatches
+        pairwise_scores(f, apply, loss, model, query, train, damping=0.5)
+    s = pairwise_scores(f, apply, loss, model, query, train, damping=0.5, key=jax.random.key(1))
     corr = np.corrcoef(np.ravel(s), np.ravel(expected))[0, 1]
     assert corr > 0.95
 
@@ -192,9 +194,8 @@ def test_arnoldi_low_rank_with_complement_is_exact_for_low_rank_curvature():
     y = jax.random.normal(jax.random.key(2), (3, 2), jnp.float64)
     exact = fit_factors(lin, loss, w, (x, y), strategy="exact")
     e = pairwise_scores(exact, lin, loss, w, (x, y), (x, y), damping=0.1)
-    f = fit_factors(
-        lin, loss, w, (x, y), strategy=Arnoldi(rank=6, num_iterations=8, complement=True)
-    )
+    strategy = Arnoldi(rank=6, num_iterations=8, complement=True)
+    f = fit_factors(lin, loss, w, (x, y), strategy=strategy, key=jax.random.key(3))
     s = pairwise_scores(f, lin, loss, w, (x, y), (x, y), damping=0.1)
     np.testing.assert_allclose(s, e, rtol=1e-8, atol=1e-10)
 
@@ -219,7 +220,10 @@ def test_monte_carlo_fisher_is_an_option_and_converges():
     loss = SoftmaxCrossEntropy()
     c, _ = _dense_oracle_for(loss)
     model, train, _ = _problem(loss)
-    d = fit_factors(apply, loss, model, train, strategy=Diagonal(mc_samples=2000)).diagonal
+    strategy = Diagonal(mc_samples=2000)
+    with pytest.raises(ValueError, match="key"):  # sampled labels need a key
+        fit_factors(apply, loss, model, train, strategy=strategy)
+    d = fit_factors(apply, loss, model, train, strategy=strategy, key=jax.random.key(1)).diagonal
     assert np.max(np.abs(np.asarray(d) - np.diag(c))) < 0.1 * np.max(np.diag(c))
 
 

@@ -58,9 +58,12 @@ from ._influence_strategies import (
     dense_hessian_blocks,
     diagonal_ggn,
     exact_dtype,
+    fit_uses_key,
     gather,
+    resolve_key,
     scatter,
     segment_size,
+    solve_uses_key,
     to_segments,
 )
 
@@ -109,7 +112,9 @@ def fit_factors(
         blocks: the layout of layers: "module" (default: the arrays sharing a parent, e.g. a
             linear layer's weight and bias), "leaf", "full" or a function `path -> label`. Used by
             block-diagonal strategies and by per-layer scores.
-        key: PRNG key for Monte-Carlo options and random starts (default `jax.random.key(0)`).
+        key: PRNG key, required exactly when the strategy draws random numbers: Monte-Carlo
+            labels (`mc_samples`, `mode="mc"`), random starts (`Arnoldi`, `LiSSA`, a `Neumann`
+            solver's power iteration).
         batch_size: examples per step when mapping over `train` (bounds memory); None vmaps all.
 
     Returns:
@@ -130,7 +135,7 @@ def fit_factors(
     n = check_data(model, train, "train")
     if batch_size is not None:
         _check_batch_size(batch_size)
-    key = jax.random.key(0) if key is None else key
+    key = resolve_key(key, fit_uses_key(strategy), "fit_factors", strategy)
     if isinstance(strategy, KFAC):
         return _fit_kronecker(apply, output_loss, params, train, strategy, blocks, key, n)
     linear, plan = (), None
@@ -352,7 +357,7 @@ def inverse_curvature_product(
     model = FlatModel(apply, output_loss, params)
     _check_factors(factors, model)
     damping = _check_damping(damping)
-    key = jax.random.key(0) if key is None else key
+    key = resolve_key(key, solve_uses_key(factors.strategy), "the solve", factors.strategy)
     return _ihvp(factors, apply, output_loss, params, vectors, damping, key)
 
 
@@ -425,7 +430,7 @@ def pairwise_scores(
         _check_batch_size(batch_size)
     if query_rank is not None and (not isinstance(query_rank, int) or query_rank < 1):
         raise ValueError(f"`query_rank` must be an integer >= 1 or None, got {query_rank!r}.")
-    key = jax.random.key(0) if key is None else key
+    key = resolve_key(key, solve_uses_key(factors.strategy), "the solve", factors.strategy)
     return _pairwise(
         factors,
         apply,
@@ -534,7 +539,7 @@ def self_scores(
     damping = _check_damping(damping)
     if batch_size is not None:
         _check_batch_size(batch_size)
-    key = jax.random.key(0) if key is None else key
+    key = resolve_key(key, solve_uses_key(factors.strategy), "the solve", factors.strategy)
     return _self(
         factors, apply, output_loss, params, train, damping, normalize, per_layer, batch_size, key
     )

@@ -629,7 +629,9 @@ def dense_ggn_blocks(
     sampled Fisher), accumulated over chunks of examples."""
     dtype = dtype or exact_dtype()
     n = jax.tree.leaves(inputs)[0].shape[0]
-    key = jax.random.key(0) if key is None else key
+    if key is None and mc_samples is not None:
+        raise ValueError("`key` is required with `mc_samples` (it draws the sampled targets).")
+    key = jax.random.key(0) if key is None else key  # unused without mc_samples
     rows_fn = curvature_rows(model, inputs, mc_samples, key)
     (xs, idx), mask = _pad_chunks((inputs, jnp.arange(n)), chunk_size)
 
@@ -679,9 +681,41 @@ def diagonal_ggn(
 ) -> Float[Array, " p"]:
     """The exact diagonal of the analytic GGN (or of the sampled Fisher)."""
     n = jax.tree.leaves(inputs)[0].shape[0]
-    key = jax.random.key(0) if key is None else key
+    if key is None and mc_samples is not None:
+        raise ValueError("`key` is required with `mc_samples` (it draws the sampled targets).")
+    key = jax.random.key(0) if key is None else key  # unused without mc_samples
     rows_fn = curvature_rows(model, inputs, mc_samples, key)
     sq = batched_map(
         lambda x, i: jnp.sum(rows_fn(x, i) ** 2, axis=0), (inputs, jnp.arange(n)), batch_size
     )
     return jnp.mean(sq, axis=0)
+
+
+def fit_uses_key(strategy: Strategy) -> bool:
+    """Whether fitting `strategy` draws random numbers (and so needs a `key`)."""
+    if isinstance(strategy, LiSSA | Arnoldi):
+        return True  # power iteration / Lanczos start vectors
+    if isinstance(strategy, MatrixFree):
+        return strategy.needs_lambda_max
+    if isinstance(strategy, Exact | Diagonal):
+        return strategy.mc_samples is not None
+    if isinstance(strategy, KFAC):
+        return strategy.mode == "mc"
+    return False
+
+
+def solve_uses_key(strategy: Strategy) -> bool:
+    """Whether applying the fitted inverse draws random numbers (LiSSA's minibatches)."""
+    return isinstance(strategy, LiSSA)
+
+
+def resolve_key(key, needed: bool, where: str, strategy: Strategy):
+    """`key`, required when `needed`; a fixed placeholder (never used for randomness) when not."""
+    if key is not None:
+        return key
+    if needed:
+        raise ValueError(
+            f"`{where}` with {type(strategy).__name__}(...) draws random numbers: pass "
+            "`key=jax.random.key(...)`."
+        )
+    return jax.random.key(0)
