@@ -433,3 +433,14 @@ def test_ekfac_preconditioned_cg_converges_to_exact_block_diagonal():
     assert np.mean(a_norm_error(x_two)) < 0.9 * np.mean(a_norm_error(x_plain))
     with pytest.raises(ValueError, match="refine_iterations"):
         EKFAC(refine_iterations=-1)
+
+
+@pytest.mark.float64
+def test_negative_damping_inside_jit_is_an_error_not_garbage():
+    loss = GaussianLoss()
+    model, train, query = _problem(loss)
+    exact = fit_factors(apply, loss, model, train, strategy="exact")
+    scores = jax.jit(lambda d: pairwise_scores(exact, apply, loss, model, query, train, damping=d))
+    assert bool(jnp.all(jnp.isfinite(scores(0.5))))
+    with pytest.raises(Exception, match="damping"):
+        jax.block_until_ready(scores(-0.5))

@@ -296,8 +296,12 @@ def _fit(
 
 
 def _check_damping(damping):
-    check_positive("damping", damping, allow_zero=True)
-    return jnp.asarray(damping)
+    check_positive("damping", damping, allow_zero=True)  # a concrete value: a clear error now
+    damping = jnp.asarray(damping)
+    # A traced value is checked when it runs (inside the caller's jit too).
+    return eqx.error_if(
+        damping, ~(damping >= 0), "`damping` must be a finite number >= 0 (got a negative or NaN)."
+    )
 
 
 def _check_factors(factors, model: FlatModel):
