@@ -147,8 +147,8 @@ def test_hutchpp_and_lanczos_exact_on_ggn():
 
 
 def test_estimators_are_respax_core_objects():
-    names = ["LanczosResult", "PowerIterationResult", "TraceEstimate", "hutchinson_diagonal"]
-    names += ["hutchinson_trace", "hutchpp_trace", "lanczos_top_k", "power_iteration"]
+    names = ["LanczosResult", "hutchinson_diagonal", "hutchinson_trace", "hutchpp_trace"]
+    names += ["lanczos_top_k", "power_iteration"]
     for name in names:
         assert getattr(respax.curvature, name) is getattr(respax.core, name), name
 
