@@ -114,6 +114,17 @@ def damped(operator: lx.AbstractLinearOperator, damping) -> lx.AbstractLinearOpe
     return operator + damping * identity
 
 
+def _check_square(operator, solver: str) -> None:
+    if not isinstance(operator, lx.AbstractLinearOperator):
+        raise TypeError(
+            f"`operator` must be a lineax.AbstractLinearOperator, got {type(operator)}."
+        )
+    if eqx.tree_equal(operator.in_structure(), operator.out_structure()) is not True:
+        raise ValueError(
+            f"respax.core.{solver} needs a square operator (the same in and out structure)."
+        )
+
+
 def _int32(n) -> Int[Array, ""]:
     return jnp.asarray(n, jnp.int32)
 
@@ -173,12 +184,7 @@ class CG(lx.AbstractLinearSolver):
 
     def init(self, operator: lx.AbstractLinearOperator, options: dict[str, Any]):
         del options
-        if not isinstance(operator, lx.AbstractLinearOperator):
-            raise TypeError(
-                f"`operator` must be a lineax.AbstractLinearOperator, got {type(operator)}."
-            )
-        if eqx.tree_equal(operator.in_structure(), operator.out_structure()) is not True:
-            raise ValueError("respax.core.CG needs a square operator (same in/out structure).")
+        _check_square(operator, "CG")
         if not (lx.is_symmetric(operator) or lx.is_positive_semidefinite(operator)):
             raise ValueError(
                 "respax.core.CG needs a symmetric operator: tag it (e.g. "
@@ -323,12 +329,7 @@ class Neumann(lx.AbstractLinearSolver):
 
     def init(self, operator: lx.AbstractLinearOperator, options: dict[str, Any]):
         del options
-        if not isinstance(operator, lx.AbstractLinearOperator):
-            raise TypeError(
-                f"`operator` must be a lineax.AbstractLinearOperator, got {type(operator)}."
-            )
-        if eqx.tree_equal(operator.in_structure(), operator.out_structure()) is not True:
-            raise ValueError("respax.core.Neumann needs a square operator.")
+        _check_square(operator, "Neumann")
         return operator
 
     def compute(self, state, vector, options):
