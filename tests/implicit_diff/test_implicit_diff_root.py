@@ -204,7 +204,7 @@ def test_unconverged_root_is_flagged_with_maxiter_4():
         )
         return w
 
-    with pytest.raises(Exception, match="not a root"):
+    with pytest.raises(Exception, match="not a solution"):
         jax.block_until_ready(jax.jit(four_steps)(jnp.zeros(D), lam))
 
     @implicit_argmin(lambda w, lm: _ridge_loss(w, lm, x, y), check_tol=1e-4)

@@ -47,6 +47,11 @@ class RESULTS(lx.RESULTS):  # pyright: ignore[reportGeneralTypeIssues]
         "right-hand side outside its range). Add damping, or use lineax.SVD (min-norm least "
         "squares) or lineax.LU."
     )
+    not_a_solution = (
+        "The point is not a solution: its optimality residual (an inner gradient, a root "
+        "residual) is above the tolerance given, so the implicit function theorem does not apply "
+        "there. Run the inner solver longer, or raise the tolerance."
+    )
     diverged = (
         "The iteration diverged: the residual grew above ||b|| (the solution is worse than 0). "
         "For a Neumann series the step size must satisfy 0 < step_size < 2 / lambda_max(A) on a "

@@ -16,7 +16,6 @@ outer objective `F(u, w*(u))` in the outer parameters `u`:
 """
 
 from collections.abc import Callable
-from typing import Literal
 
 import equinox as eqx
 import jax
@@ -143,22 +142,6 @@ def _inner_grad_fn(inner_loss: Callable) -> Callable:
     return jax.grad(inner_loss, argnums=1)
 
 
-def _apply_check(hypergrad, converged, on_unconverged: str, inner_tol):
-    if inner_tol is None:
-        return hypergrad
-    if on_unconverged == "raise":
-        return eqx.error_if(
-            hypergrad,
-            ~converged,
-            "hypergradient: the inner problem is not converged (||grad_w f(u, w)|| > inner_tol); "
-            "the implicit function theorem does not apply at this w. Run the inner solver longer "
-            "or raise inner_tol.",
-        )
-    if on_unconverged == "nan":
-        return jax.tree.map(lambda g: jnp.where(converged, g, jnp.nan), hypergrad)
-    return hypergrad
-
-
 def _implicit(outer_loss, inner_loss, u, w, method: Implicit):
     outer_value, (grad_u, grad_w) = jax.value_and_grad(outer_loss, argnums=(0, 1))(u, w)
     grad_w_inner = _inner_grad_fn(inner_loss)
@@ -217,7 +200,7 @@ def hypergradient(
     method: Method,
     *,
     inner_tol: float | None = None,
-    on_unconverged: Literal["raise", "nan", "flag"] = "raise",
+    throw: bool = True,
 ) -> tuple[PyTree, HypergradInfo]:
     """The hypergradient `d F(u, w*(u)) / du` by unrolling or by the implicit function theorem.
 
@@ -231,9 +214,10 @@ def hypergradient(
         method: `FullUnroll`, `TruncatedUnroll` or `Implicit`.
         inner_tol: opt-in convergence check: when set, the inner problem counts as converged when
             `||grad_w f(u, w)|| <= inner_tol` at the w where F is evaluated.
-        on_unconverged: what an unconverged inner problem does when `inner_tol` is set:
-            `"raise"` (an `eqx.error_if` runtime error, also inside jit), `"nan"` (a NaN
-            hypergradient) or `"flag"` (only `info.inner_converged`).
+        throw: with `inner_tol`, raise (an `eqx.error_if` runtime error, also inside jit) when
+            the inner problem is not converged (`RESULTS.not_a_solution`); with `throw=False`
+            it is only `info.result` and `info.inner_converged`. (The IFT solve's own failures
+            follow `Implicit(throw=)`.)
 
     Returns:
         `(hypergrad, info)`: the hypergradient, a pytree like `outer_params` (None at the
@@ -255,10 +239,6 @@ def hypergradient(
         raise TypeError(
             "`method` must be FullUnroll, TruncatedUnroll or Implicit, got "
             f"{type(method).__name__}."
-        )
-    if on_unconverged not in ("raise", "nan", "flag"):
-        raise ValueError(
-            f"`on_unconverged` must be 'raise', 'nan' or 'flag', got {on_unconverged!r}."
         )
     if inner_tol is not None:
         check_positive("inner_tol", inner_tol)
@@ -286,7 +266,12 @@ def hypergradient(
         converged = jnp.asarray(True)
     else:
         converged = inner_grad_norm <= inner_tol
-    hypergrad = _apply_check(hypergrad, converged, on_unconverged, inner_tol)
+    # The solve's own failure (Implicit) comes first; then the inner problem's.
+    result = RESULTS.where(
+        (residual[2] == RESULTS.successful) & ~converged, RESULTS.not_a_solution, residual[2]
+    )
+    if throw and inner_tol is not None:
+        hypergrad = result.error_if(hypergrad, result == RESULTS.not_a_solution)
     info = HypergradInfo(
         inner_params=w_used,
         outer_loss=outer_value,
@@ -295,7 +280,7 @@ def hypergradient(
         linear_relative_residual=residual[1],
         matvecs=jnp.asarray(matvecs, jnp.int32),
         inner_converged=converged,
-        result=residual[2],
+        result=result,
         linear_residual=residual[3],
     )
     return hypergrad, info

@@ -24,7 +24,7 @@ import lineax as lx
 import numpy as np
 import optax.tree as otu
 
-from respax.core import CG, check_positive
+from respax.core import CG, RESULTS, check_positive
 
 from ._solves import check_linear_solver, solve
 
@@ -78,13 +78,7 @@ def _root(optimality, solver, init, args, *, config: _Config):
     if config.check_tol is not None:
         sol = _sol_of(out, config)
         residual_norm = otu.norm(_call(optimality, sol, args))
-        sol = eqx.error_if(
-            sol,
-            ~(residual_norm <= config.check_tol),
-            "implicit_root: the solver's output is not a root (||optimality_fn(sol, ...)|| > "
-            "check_tol); the implicit function theorem does not apply. Run the solver longer or "
-            "raise check_tol.",
-        )
+        sol = RESULTS.not_a_solution.error_if(sol, ~(residual_norm <= config.check_tol))
         out = (sol, out[1]) if config.solver_has_aux else sol
     return out
 
