@@ -17,28 +17,12 @@ for _p in (str(_HERE.parents[1]), str(_HERE)):  # the repo root (experiments/) a
         sys.path.insert(0, _p)
 
 import runner_toy  # noqa: E402
+from runner_cli import error_line as _error_line, run_cli as _run, toy_registered  # noqa: E402,F401
 
 from experiments import Context, _registry  # noqa: E402
 from experiments._config import OverrideError, apply_overrides, parse_value  # noqa: E402
-from experiments._runner import main  # noqa: E402
 
-
-@pytest.fixture(autouse=True)
-def _toy_registered(monkeypatch):
-    monkeypatch.setenv("RESPAX_EXTRA_EXPERIMENTS", "runner_toy:EXPERIMENT,runner_toy:BROKEN")
-
-
-def _run(capsys, *argv):
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def _error_line(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("error: "), err
-    return lines[0]
+pytestmark = pytest.mark.usefixtures("toy_registered")
 
 
 # ---- overrides -----------------------------------------------------------------------------------

@@ -14,29 +14,15 @@ for _p in (str(_HERE.parents[1]), str(_HERE)):  # the repo root (experiments/) a
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
+from runner_cli import error_line as _error_line, run_cli as _run, toy_registered  # noqa: E402,F401
+
 from experiments import Claim, Experiment, Result  # noqa: E402
 from experiments._config import OverrideError, check_overrides  # noqa: E402
 from experiments._errors import Interrupted  # noqa: E402
 from experiments._report import claim_rows  # noqa: E402
-from experiments._runner import main, run_experiment  # noqa: E402
+from experiments._runner import run_experiment  # noqa: E402
 
-
-@pytest.fixture(autouse=True)
-def _toy_registered(monkeypatch):
-    monkeypatch.setenv("RESPAX_EXTRA_EXPERIMENTS", "runner_toy:EXPERIMENT,runner_toy:BROKEN")
-
-
-def _run(capsys, *argv):
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def _error_line(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("error: "), err
-    return lines[0]
+pytestmark = pytest.mark.usefixtures("toy_registered")
 
 
 def _snapshot(directory: pathlib.Path) -> dict[str, bytes]:
