@@ -278,6 +278,26 @@ def test_version_is_the_distribution_version(package: Path):
     assert module.__version__ == version == metadata.version(_distribution_name(package))
 
 
+def _third_party_closure(package: Path) -> set[str]:
+    """Every distribution the package's third-party dependencies need, by uv.lock."""
+    with open(REPO / "uv.lock", "rb") as file:
+        locked = {entry["name"]: entry for entry in tomllib.load(file)["package"]}
+    pending = [
+        req.name.lower()
+        for path in _local_closure(package)
+        for req in _requirements(path)
+        if not req.name.startswith("respax-")
+    ]
+    seen: set[str] = set()
+    while pending:
+        name = pending.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        pending += [dep["name"] for dep in locked.get(name, {}).get("dependencies", [])]
+    return seen
+
+
 @pytest.mark.parametrize("package", PACKAGES, ids=PACKAGE_IDS)
 def test_install_and_quickstart(package: Path, tmp_path: Path):
     env = _clean_environment()
@@ -309,8 +329,11 @@ def test_install_and_quickstart(package: Path, tmp_path: Path):
     assert layout["respax_file"] is None, f"respax is not a namespace package: {layout}"
     assert layout["py_typed"], f"py.typed is not installed for respax.{package.name}"
     assert layout["version"] == layout["distribution_version"], layout
+    # Dev-only tools must not leak into a runtime install, unless a third-party runtime
+    # dependency needs them itself (tokenizers -> huggingface-hub -> tqdm).
     dev_only = {"pytest", "beartype", "matplotlib", "scikit-learn", "tqdm"}
-    assert not dev_only & set(layout["distributions"]), layout["distributions"]
+    leaked = dev_only & set(layout["distributions"]) - _third_party_closure(package)
+    assert not leaked, (leaked, layout["distributions"])
     assert result.returncode == 0, (
         f"the quickstart of {readme.relative_to(REPO)} fails in a fresh environment with only "
         f"{', '.join(_distribution_name(Path(p)) for p in paths)} installed:\n"
