@@ -14,7 +14,7 @@ from respax.core import SoftmaxCrossEntropy
 from respax.interp import EKFAC, KFAC, Exact, fit_factors, pairwise_scores
 from respax.interp._influence_layers import LinearBlock
 from respax.interp._influence_model import FlatModel
-from respax.interp._influence_strategies import block_ggn_matvec, gather
+from respax.interp._strategies import block_ggn_matvec, gather
 
 N, Q = 20, 4
 

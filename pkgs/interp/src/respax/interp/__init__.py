@@ -22,7 +22,17 @@ from ._influence import (
     save_factors as save_factors,
     self_scores as self_scores,
 )
-from ._influence_strategies import (
+from ._pbrf import (
+    TERMS as TERMS,
+    five_terms as five_terms,
+    linearized_pbrf as linearized_pbrf,
+    loo_retrain as loo_retrain,
+    pbrf as pbrf,
+    proximal_response as proximal_response,
+    response_distances as response_distances,
+    retrain as retrain,
+)
+from ._strategies import (
     EKFAC as EKFAC,
     KFAC as KFAC,
     Arnoldi as Arnoldi,
@@ -33,16 +43,6 @@ from ._influence_strategies import (
     LiSSA as LiSSA,
     MatrixFree as MatrixFree,
     Strategy as Strategy,
-)
-from ._pbrf import (
-    TERMS as TERMS,
-    five_terms as five_terms,
-    linearized_pbrf as linearized_pbrf,
-    loo_retrain as loo_retrain,
-    pbrf as pbrf,
-    proximal_response as proximal_response,
-    response_distances as response_distances,
-    retrain as retrain,
 )
 
 __version__ = _version("respax-interp")

@@ -26,44 +26,30 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from respax.core import OutputLoss, check_positive, lanczos_top_k, power_iteration
+from respax.core import OutputLoss, check_positive
 
 from ._influence_layers import (
     capture_plan,
-    linear_block_dense,
     linear_blocks,
     linear_layer_io,
 )
 from ._influence_model import BlockRule, FlatModel, batched_map, block_layout, check_data
-from ._influence_strategies import (
+from ._strategies import (
     EKFAC,
-    KFAC,
     STRATEGIES,
+    AbstractKronecker,
     Arnoldi,
-    ArnoldiFactors,
     Diagonal,
-    DiagonalFactors,
     Exact,
-    ExactFactors,
     Identity,
-    IdentityFactors,
     InfluenceFactors,
     KroneckerFactors,
+    Layout,
     LiSSA,
-    LiSSAFactors,
     MatrixFree,
-    MatrixFreeFactors,
     Strategy,
-    dense_ggn_blocks,
-    dense_hessian_blocks,
-    diagonal_ggn,
-    exact_dtype,
-    fit_uses_key,
     gather,
     resolve_key,
-    scatter,
-    segment_size,
-    solve_uses_key,
     to_segments,
 )
 
@@ -135,8 +121,8 @@ def fit_factors(
     n = check_data(model, train, "train")
     if batch_size is not None:
         _check_batch_size(batch_size)
-    key = resolve_key(key, fit_uses_key(strategy), "fit_factors", strategy)
-    if isinstance(strategy, KFAC):
+    key = resolve_key(key, strategy.fit_needs_key(), "fit_factors", strategy)
+    if isinstance(strategy, AbstractKronecker):
         return _fit_kronecker(apply, output_loss, params, train, strategy, blocks, key, n)
     linear, plan = (), None
     if isinstance(strategy, Exact) and strategy.structured and strategy.block_diagonal:
@@ -215,84 +201,11 @@ def _fit(
     apply, output_loss, params, train, strategy, blocks, key, batch_size, n, linear=(), plan=None
 ):
     model = FlatModel(apply, output_loss, params)
-    inputs, targets = train
     names, indices = block_layout(params, blocks)
     block_segments = tuple(to_segments(i) for i in indices)
-    common = dict(
-        strategy=strategy, block_names=names, block_segments=block_segments, num_examples=n
-    )
-    curv_segments = block_segments if strategy.block_diagonal else (((0, model.num_params),),)
-    if isinstance(strategy, Exact):
-        if strategy.curvature == "ggn":
-            linear = tuple(linear) or (None,) * len(curv_segments)
-            generic = [s for s, b in zip(curv_segments, linear, strict=True) if b is None]
-            structured = tuple(b for b in linear if b is not None)
-            dense = iter(
-                dense_ggn_blocks(
-                    model,
-                    inputs,
-                    tuple(generic),
-                    chunk_size=strategy.chunk_size,
-                    mc_samples=strategy.mc_samples,
-                    key=key,
-                )
-                if generic
-                else ()
-            )
-            dt = exact_dtype()
-            io = linear_layer_io(model, plan, inputs, structured) if structured else ()
-            io = iter(jax.tree.map(lambda t: t.astype(dt), io))
-            mats = tuple(
-                next(dense) if b is None else linear_block_dense(b, *next(io)) for b in linear
-            )
-        else:
-            mats = dense_hessian_blocks(
-                model, inputs, targets, curv_segments, chunk_size=strategy.chunk_size
-            )
-        mats = tuple(
-            eqx.error_if(
-                m, ~jnp.all(jnp.isfinite(m)), "fit_factors: the curvature has non-finite entries."
-            )
-            for m in mats
-        )
-        return ExactFactors(matrices=mats, **common)
-    if isinstance(strategy, Identity):
-        return IdentityFactors(**common)
-    if isinstance(strategy, Diagonal):
-        d = diagonal_ggn(
-            model, inputs, mc_samples=strategy.mc_samples, key=key, batch_size=batch_size
-        )
-        d = eqx.error_if(d, ~jnp.all(jnp.isfinite(d)), "fit_factors: non-finite curvature.")
-        return DiagonalFactors(diagonal=d, **common)
-    v0 = jax.random.normal(key, (model.num_params,), model.flat.dtype)
-    if isinstance(strategy, MatrixFree | LiSSA):
-        cls = MatrixFreeFactors if isinstance(strategy, MatrixFree) else LiSSAFactors
-        factors = cls(inputs=inputs, lambda_max=jnp.zeros((), model.flat.dtype), **common)
-        if isinstance(strategy, LiSSA) or strategy.needs_lambda_max:
-            mv = factors.matvec(model, inputs)
-            lam = power_iteration(
-                mv, key=key, max_steps=strategy.power_iterations, like=v0
-            ).eigenvalue
-            factors = eqx.tree_at(lambda f: f.lambda_max, factors, lam)
-        return factors
-    if isinstance(strategy, Arnoldi):
-        mv_full = lambda v: model.ggn_matvec(model.flat, inputs, v)
-        evals, evecs = [], []
-        for b, seg in enumerate(curv_segments):
-            size = segment_size(seg)
-            zeros = jnp.zeros((model.num_params,), model.flat.dtype)
-            mv = lambda vb, seg=seg: gather(mv_full(scatter(zeros, seg, vb)), seg)
-            rank = min(strategy.rank, size)
-            iters = strategy.num_iterations or min(size, 2 * rank + 10)
-            iters = max(min(iters, size), rank)
-            like = jnp.zeros((size,), model.flat.dtype)
-            eig = lanczos_top_k(
-                mv, key=jax.random.fold_in(key, b), k=rank, num_iterations=iters, like=like
-            )
-            evals.append(jnp.maximum(eig.eigenvalues, 0.0))
-            evecs.append(eig.eigenvectors)
-        return ArnoldiFactors(eigenvalues=tuple(evals), eigenvectors=tuple(evecs), **common)
-    raise TypeError(f"unsupported strategy {type(strategy).__name__}.")
+    curvature_segments = block_segments if strategy.block_diagonal else (((0, model.num_params),),)
+    layout = Layout(names, block_segments, curvature_segments, n, tuple(linear), plan)
+    return strategy.fit(model, train, layout, key=key, batch_size=batch_size)
 
 
 def _check_damping(damping):
@@ -361,7 +274,7 @@ def inverse_curvature_product(
     model = FlatModel(apply, output_loss, params)
     _check_factors(factors, model)
     damping = _check_damping(damping)
-    key = resolve_key(key, solve_uses_key(factors.strategy), "the solve", factors.strategy)
+    key = resolve_key(key, factors.strategy.solve_needs_key(), "the solve", factors.strategy)
     return _ihvp(factors, apply, output_loss, params, vectors, damping, key)
 
 
@@ -434,7 +347,7 @@ def pairwise_scores(
         _check_batch_size(batch_size)
     if query_rank is not None and (not isinstance(query_rank, int) or query_rank < 1):
         raise ValueError(f"`query_rank` must be an integer >= 1 or None, got {query_rank!r}.")
-    key = resolve_key(key, solve_uses_key(factors.strategy), "the solve", factors.strategy)
+    key = resolve_key(key, factors.strategy.solve_needs_key(), "the solve", factors.strategy)
     return _pairwise(
         factors,
         apply,
@@ -543,7 +456,7 @@ def self_scores(
     damping = _check_damping(damping)
     if batch_size is not None:
         _check_batch_size(batch_size)
-    key = resolve_key(key, solve_uses_key(factors.strategy), "the solve", factors.strategy)
+    key = resolve_key(key, factors.strategy.solve_needs_key(), "the solve", factors.strategy)
     return _self(
         factors, apply, output_loss, params, train, damping, normalize, per_layer, batch_size, key
     )

@@ -36,7 +36,7 @@ from respax.core import OutputLoss, check_positive, check_positive_int
 
 from ._influence import _check_factors, fit_factors
 from ._influence_model import FlatModel, check_data
-from ._influence_strategies import Exact, InfluenceFactors, resolve_key, solve_uses_key
+from ._strategies import Exact, InfluenceFactors, resolve_key
 
 
 def _check_optimizer(optimizer):
@@ -348,7 +348,7 @@ def linearized_pbrf(
     removed = _removed(removed, n)
     check_positive("damping", damping, allow_zero=True)
     eps = _epsilon(epsilon, n)
-    key = resolve_key(key, solve_uses_key(factors.strategy), "linearized_pbrf", factors.strategy)
+    key = resolve_key(key, factors.strategy.solve_needs_key(), "linearized_pbrf", factors.strategy)
     return _linearized(
         factors,
         apply,
