@@ -1,0 +1,515 @@
+"""The compiled search core (numba, nopython): watched-literal unit propagation, component
+decomposition of the residual formula, an exact component cache and VSADS branching.
+
+Counts inside the core are arbitrary-precision unsigned integers stored as little-endian
+32-bit limbs in `uint64` arrays of fixed length `L = num_vars // 32 + 2` (a count never exceeds
+`2**num_vars`); products and sums carry between limbs. They become Python ints at the boundary.
+
+Literals: variable `v` (0-based) has literals `2v` (positive) and `2v + 1` (negative).
+Nothing here is called with `cache=True`: numba compiles these functions on first use in a process.
+"""
+
+import ctypes
+import inspect
+import typing
+
+import numba
+import numpy as np
+
+# ---- counters kept in one int64 array (`ctr`) --------------------------------------------------
+TRAIL, QHEAD, STAMP, DECISIONS, CONFLICTS, HITS, STORES, ABORT = range(8)
+ENTRIES, KEY_USED, CNT_USED, MAX_DEC, DEADLINE, CLEARS, LIMBS, PROPS = range(8, 16)
+NCTR = 16
+ABORT_DECISIONS, ABORT_TIME = 1, 2
+
+_libc = ctypes.CDLL(None)
+_clock_gettime = _libc.clock_gettime
+_clock_gettime.argtypes = [ctypes.c_int, ctypes.c_void_p]
+_clock_gettime.restype = ctypes.c_int
+_MASK = np.uint64(0xFFFFFFFF)
+
+
+def _njit(fn):
+    """numba.njit of the undecorated function: the test suite's jaxtyping import hook wraps every
+    function of `respax` in a runtime type checker that numba cannot compile."""
+    return numba.njit(cache=False)(inspect.unwrap(fn))
+
+
+class State(typing.NamedTuple):
+    """All mutable search state (arrays only, so numba can take it as one argument)."""
+
+    cl_lits: np.ndarray  # int32, clause literals; positions 0 and 1 are the watched ones
+    cl_start: np.ndarray  # int64 (m+1)
+    vocc_start: np.ndarray  # int64 (n+1)
+    vocc: np.ndarray  # int32: clauses containing each variable
+    w_start: np.ndarray  # int64 (2n+1)
+    w_len: np.ndarray  # int64 (2n)
+    w_cls: np.ndarray  # int32
+    val: np.ndarray  # int8 (n): -1 unassigned, 0 false, 1 true
+    trail: np.ndarray  # int32 (n)
+    act: np.ndarray  # float64 (2n) literal activities
+    bias: np.ndarray  # float64 (n) added to the VSADS score (TD penalty; 0 for VSADS)
+    pol: np.ndarray  # int8 (n): first branch 1 positive, 0 negative, -1 by activity
+    vstamp: np.ndarray  # int64 (n)
+    cstamp: np.ndarray  # int64 (m)
+    freq: np.ndarray  # int64 (n) scratch
+    ctr: np.ndarray  # int64 (NCTR)
+    tab_off: np.ndarray  # int64 (T) key offset or -1
+    tab_cnt: np.ndarray  # int64 (T) count offset
+    tab_hash: np.ndarray  # uint64 (T)
+    keys: np.ndarray  # int32 key pool
+    cnts: np.ndarray  # uint64 count pool
+    clock: np.ndarray  # int64 (2) timespec buffer
+
+
+@_njit
+def now_us(st):
+    _clock_gettime(1, st.clock.ctypes.data)
+    return st.clock[0] * 1000000 + st.clock[1] // 1000
+
+
+# ---- bignums -----------------------------------------------------------------------------------
+@_njit
+def bn_used(a):
+    k = a.size
+    while k > 0 and a[k - 1] == 0:
+        k -= 1
+    return k
+
+
+@_njit
+def bn_pow2(L, k):
+    out = np.zeros(L, np.uint64)
+    out[k // 32] = np.uint64(1) << np.uint64(k % 32)
+    return out
+
+
+@_njit
+def bn_mul(a, b):
+    L = a.size
+    out = np.zeros(L, np.uint64)
+    ua, ub = bn_used(a), bn_used(b)
+    for i in range(ua):
+        ai = a[i]
+        if ai == 0:
+            continue
+        carry = np.uint64(0)
+        for j in range(ub):
+            if i + j >= L:
+                break
+            t = out[i + j] + ai * b[j] + carry
+            out[i + j] = t & _MASK
+            carry = t >> np.uint64(32)
+        k = i + ub
+        while carry != 0 and k < L:
+            t = out[k] + carry
+            out[k] = t & _MASK
+            carry = t >> np.uint64(32)
+            k += 1
+    return out
+
+
+@_njit
+def bn_add_into(a, b):
+    carry = np.uint64(0)
+    for i in range(a.size):
+        t = a[i] + b[i] + carry
+        a[i] = t & _MASK
+        carry = t >> np.uint64(32)
+
+
+# ---- assignment and propagation ----------------------------------------------------------------
+@_njit
+def lit_value(st, lit):
+    """1 true, 0 false, -1 unassigned."""
+    a = st.val[lit >> 1]
+    if a < 0:
+        return -1
+    return a ^ (lit & 1)
+
+
+@_njit
+def assign(st, lit):
+    st.val[lit >> 1] = 1 - (lit & 1)
+    st.trail[st.ctr[TRAIL]] = lit
+    st.ctr[TRAIL] += 1
+
+
+@_njit
+def backtrack(st, mark):
+    for i in range(mark, st.ctr[TRAIL]):
+        st.val[st.trail[i] >> 1] = -1
+    st.ctr[TRAIL] = mark
+    st.ctr[QHEAD] = mark
+
+
+@_njit
+def propagate(st):
+    """Unit propagation over the trail with two watched literals; the conflict clause or -1."""
+    cl, cs = st.cl_lits, st.cl_start
+    while st.ctr[QHEAD] < st.ctr[TRAIL]:
+        p = st.trail[st.ctr[QHEAD]]
+        st.ctr[QHEAD] += 1
+        st.ctr[PROPS] += 1
+        fl = p ^ 1
+        base = st.w_start[fl]
+        end = base + st.w_len[fl]
+        i = base
+        j = base
+        while i < end:
+            c = st.w_cls[i]
+            i += 1
+            s = cs[c]
+            if cl[s] == fl:
+                cl[s] = cl[s + 1]
+                cl[s + 1] = fl
+            first = cl[s]
+            if lit_value(st, first) == 1:
+                st.w_cls[j] = c
+                j += 1
+                continue
+            found = False
+            for k in range(s + 2, cs[c + 1]):
+                lk = cl[k]
+                if lit_value(st, lk) != 0:
+                    cl[s + 1] = lk
+                    cl[k] = fl
+                    st.w_cls[st.w_start[lk] + st.w_len[lk]] = c
+                    st.w_len[lk] += 1
+                    found = True
+                    break
+            if found:
+                continue
+            st.w_cls[j] = c
+            j += 1
+            if lit_value(st, first) == 0:
+                while i < end:
+                    st.w_cls[j] = st.w_cls[i]
+                    j += 1
+                    i += 1
+                st.w_len[fl] = j - base
+                st.ctr[QHEAD] = st.ctr[TRAIL]
+                return c
+            assign(st, first)
+        st.w_len[fl] = j - base
+    return -1
+
+
+# ---- components ---------------------------------------------------------------------------------
+@_njit
+def split(st, vars_, out_vars, out_vstart, out_cls, out_cstart):
+    """Connected components of the residual formula over the unassigned variables in `vars_`.
+
+    Writes component k's variables to `out_vars[out_vstart[k]:out_vstart[k+1]]` and its active
+    (unsatisfied) clauses likewise; returns (number of components, number of free variables), a
+    free variable being an unassigned one in no active clause.
+    """
+    st.ctr[STAMP] += 1
+    stamp = st.ctr[STAMP]
+    cl, cs = st.cl_lits, st.cl_start
+    nv = 0
+    nc = 0
+    ncomp = 0
+    nfree = 0
+    out_vstart[0] = 0
+    out_cstart[0] = 0
+    for r in range(vars_.size):
+        v0 = vars_[r]
+        if st.val[v0] >= 0 or st.vstamp[v0] == stamp:
+            continue
+        st.vstamp[v0] = stamp
+        vbeg, cbeg = nv, nc
+        out_vars[nv] = v0
+        nv += 1
+        h = vbeg
+        while h < nv:
+            u = out_vars[h]
+            h += 1
+            for q in range(st.vocc_start[u], st.vocc_start[u + 1]):
+                c = st.vocc[q]
+                if st.cstamp[c] == stamp:
+                    continue
+                st.cstamp[c] = stamp
+                sat = False
+                for k in range(cs[c], cs[c + 1]):
+                    if lit_value(st, cl[k]) == 1:
+                        sat = True
+                        break
+                if sat:
+                    continue
+                out_cls[nc] = c
+                nc += 1
+                for k in range(cs[c], cs[c + 1]):
+                    w = cl[k] >> 1
+                    if st.val[w] < 0 and st.vstamp[w] != stamp:
+                        st.vstamp[w] = stamp
+                        out_vars[nv] = w
+                        nv += 1
+        if nc == cbeg:  # a variable in no active clause
+            nfree += nv - vbeg
+            nv = vbeg
+            continue
+        ncomp += 1
+        out_vstart[ncomp] = nv
+        out_cstart[ncomp] = nc
+    return ncomp, nfree
+
+
+# ---- the exact component cache ----------------------------------------------------------------
+@_njit
+def key_hash(skey):
+    h = np.uint64(1469598103934665603)
+    for i in range(skey.size):
+        h = (h ^ np.uint64(skey[i] + 1)) * np.uint64(1099511628211)
+    return h
+
+
+@_njit
+def make_key(vars_, clauses):
+    """[nvars, vars sorted..., clauses sorted...]: identifies the residual component exactly."""
+    key = np.empty(1 + vars_.size + clauses.size, np.int32)
+    key[0] = vars_.size
+    key[1 : 1 + vars_.size] = np.sort(vars_)
+    key[1 + vars_.size :] = np.sort(clauses)
+    return key
+
+
+@_njit
+def cache_lookup(st, key, h):
+    """Index of the table slot holding `key`, or -1."""
+    T = st.tab_off.size
+    i = np.int64(h & np.uint64(T - 1))
+    while st.tab_off[i] >= 0:
+        if st.tab_hash[i] == h:
+            off = st.tab_off[i]
+            n = st.keys[off]
+            if n == key.size:
+                same = True
+                for k in range(key.size):
+                    if st.keys[off + 1 + k] != key[k]:
+                        same = False
+                        break
+                if same:
+                    return i
+        i = (i + 1) & (T - 1)
+    return -1
+
+
+@_njit
+def cache_get(st, slot):
+    L = st.ctr[LIMBS]
+    out = np.zeros(L, np.uint64)
+    off = st.tab_cnt[slot]
+    n = np.int64(st.cnts[off])
+    for k in range(n):
+        out[k] = st.cnts[off + 1 + k]
+    return out
+
+
+@_njit
+def cache_clear(st):
+    st.tab_off[:] = -1
+    st.ctr[ENTRIES] = 0
+    st.ctr[KEY_USED] = 0
+    st.ctr[CNT_USED] = 0
+    st.ctr[CLEARS] += 1
+
+
+@_njit
+def cache_store(st, key, h, count):
+    """Insert; when the table or a pool is full, the whole cache is cleared first (never wrong,
+    only slower)."""
+    T = st.tab_off.size
+    u = bn_used(count)
+    if key.size + 1 > st.keys.size or u + 1 > st.cnts.size:
+        return
+    if (
+        2 * (st.ctr[ENTRIES] + 1) > T
+        or st.ctr[KEY_USED] + key.size + 1 > st.keys.size
+        or st.ctr[CNT_USED] + u + 1 > st.cnts.size
+    ):
+        cache_clear(st)
+    i = np.int64(h & np.uint64(T - 1))
+    while st.tab_off[i] >= 0:
+        i = (i + 1) & (T - 1)
+    ko = st.ctr[KEY_USED]
+    st.keys[ko] = key.size
+    st.keys[ko + 1 : ko + 1 + key.size] = key
+    st.ctr[KEY_USED] += key.size + 1
+    co = st.ctr[CNT_USED]
+    st.cnts[co] = u
+    st.cnts[co + 1 : co + 1 + u] = count[:u]
+    st.ctr[CNT_USED] += u + 1
+    st.tab_off[i] = ko
+    st.tab_cnt[i] = co
+    st.tab_hash[i] = h
+    st.ctr[ENTRIES] += 1
+    st.ctr[STORES] += 1
+
+
+# ---- branching ----------------------------------------------------------------------------------
+@_njit
+def vsads_scores(st, vars_, clauses):
+    """VSADS score per variable of the component (sharpSAT): freq + 10 (act(v) + act(-v)) + bias.
+
+    `freq` = occurrences in the component's active clauses. Written into `st.freq` too.
+    """
+    for v in vars_:
+        st.freq[v] = 0
+    for c in clauses:
+        for k in range(st.cl_start[c], st.cl_start[c + 1]):
+            w = st.cl_lits[k] >> 1
+            if st.val[w] < 0:
+                st.freq[w] += 1
+    out = np.empty(vars_.size, np.float64)
+    for i in range(vars_.size):
+        v = vars_[i]
+        out[i] = st.freq[v] + 10.0 * (st.act[2 * v] + st.act[2 * v + 1]) + st.bias[v]
+    return out
+
+
+@_njit
+def choose_vsads(st, vars_, clauses):
+    sc = vsads_scores(st, vars_, clauses)
+    v = vars_[np.argmax(sc)]
+    if st.pol[v] >= 0:
+        return 2 * v + 1 - st.pol[v]
+    return 2 * v if st.act[2 * v] >= st.act[2 * v + 1] else 2 * v + 1
+
+
+@_njit
+def component_graph(st, vars_, clauses):
+    """Literal-clause incidence edges of a component, in component-local indices."""
+    st.ctr[STAMP] += 1
+    stamp = st.ctr[STAMP]
+    for i in range(vars_.size):
+        st.vstamp[vars_[i]] = stamp
+        st.freq[vars_[i]] = i
+    ne = 0
+    for c in clauses:
+        for k in range(st.cl_start[c], st.cl_start[c + 1]):
+            if st.val[st.cl_lits[k] >> 1] < 0:
+                ne += 1
+    el = np.empty(ne, np.int32)
+    ec = np.empty(ne, np.int32)
+    e = 0
+    for j in range(clauses.size):
+        c = clauses[j]
+        for k in range(st.cl_start[c], st.cl_start[c + 1]):
+            lit = st.cl_lits[k]
+            if st.val[lit >> 1] < 0:
+                el[e] = 2 * st.freq[lit >> 1] + (lit & 1)
+                ec[e] = j
+                e += 1
+    return el, ec
+
+
+@_njit
+def note_decision(st):
+    """Count a decision, decay activities, check the limits; False when a limit stops the run."""
+    st.ctr[DECISIONS] += 1
+    d = st.ctr[DECISIONS]
+    if d % 128 == 0:
+        a = st.act
+        for i in range(a.size):
+            a[i] *= 0.5
+    if st.ctr[MAX_DEC] >= 0 and d > st.ctr[MAX_DEC]:
+        st.ctr[ABORT] = ABORT_DECISIONS
+        return False
+    if st.ctr[DEADLINE] >= 0 and d % 64 == 0 and now_us(st) > st.ctr[DEADLINE]:
+        st.ctr[ABORT] = ABORT_TIME
+        return False
+    return True
+
+
+@_njit
+def on_conflict(st, c):
+    st.ctr[CONFLICTS] += 1
+    for k in range(st.cl_start[c], st.cl_start[c + 1]):
+        st.act[st.cl_lits[k]] += 1.0
+
+
+# ---- the search ---------------------------------------------------------------------------------
+@_njit
+def count_rec(st, vars_, clauses):
+    """Model count of one connected component (its unassigned variables and active clauses)."""
+    L = st.ctr[LIMBS]
+    if st.ctr[ABORT] != 0:
+        return np.zeros(L, np.uint64)
+    key = make_key(vars_, clauses)
+    h = key_hash(key)
+    slot = cache_lookup(st, key, h)
+    if slot >= 0:
+        st.ctr[HITS] += 1
+        return cache_get(st, slot)
+    lit = choose_vsads(st, vars_, clauses)
+    if not note_decision(st):
+        return np.zeros(L, np.uint64)
+    total = np.zeros(L, np.uint64)
+    out_vars = np.empty(vars_.size, np.int32)
+    out_vstart = np.empty(vars_.size + 1, np.int64)
+    out_cls = np.empty(clauses.size, np.int32)
+    out_cstart = np.empty(vars_.size + 1, np.int64)
+    for b in range(2):
+        lb = lit if b == 0 else lit ^ 1
+        mark = st.ctr[TRAIL]
+        assign(st, lb)
+        conf = propagate(st)
+        if conf >= 0:
+            on_conflict(st, conf)
+            backtrack(st, mark)
+            continue
+        ncomp, nfree = split(st, vars_, out_vars, out_vstart, out_cls, out_cstart)
+        prod = bn_pow2(L, nfree)
+        for k in range(ncomp):
+            sub = count_rec(
+                st,
+                out_vars[out_vstart[k] : out_vstart[k + 1]],
+                out_cls[out_cstart[k] : out_cstart[k + 1]],
+            )
+            if st.ctr[ABORT] != 0:
+                backtrack(st, mark)
+                return total
+            if bn_used(sub) == 0:
+                prod[:] = 0
+                break
+            prod = bn_mul(prod, sub)
+        bn_add_into(total, prod)
+        backtrack(st, mark)
+    cache_store(st, key, h, total)
+    return total
+
+
+@_njit
+def root(st, units, n):
+    """Assign the unit clauses, propagate, and count every component (numba path, no policy)."""
+    L = st.ctr[LIMBS]
+    for lit in units:
+        v = lit_value(st, lit)
+        if v == 0:
+            return np.zeros(L, np.uint64)
+        if v < 0:
+            assign(st, lit)
+    if propagate(st) >= 0:
+        st.ctr[CONFLICTS] += 1
+        return np.zeros(L, np.uint64)
+    all_vars = np.arange(n).astype(np.int32)
+    m = st.cl_start.size - 1
+    out_vars = np.empty(n, np.int32)
+    out_vstart = np.empty(n + 1, np.int64)
+    out_cls = np.empty(max(m, 1), np.int32)
+    out_cstart = np.empty(n + 1, np.int64)
+    ncomp, nfree = split(st, all_vars, out_vars, out_vstart, out_cls, out_cstart)
+    prod = bn_pow2(L, nfree)
+    for k in range(ncomp):
+        sub = count_rec(
+            st,
+            out_vars[out_vstart[k] : out_vstart[k + 1]],
+            out_cls[out_cstart[k] : out_cstart[k + 1]],
+        )
+        if st.ctr[ABORT] != 0:
+            return prod
+        if bn_used(sub) == 0:
+            return np.zeros(L, np.uint64)
+        prod = bn_mul(prod, sub)
+    return prod

@@ -1,0 +1,104 @@
+"""The counter against brute force (hypothesis), bignum counts, limits, the policy path."""
+
+import hypothesis.strategies as st
+import jaxtyping
+import numpy as np
+import pytest
+from hypothesis import given, settings
+
+from respax.sat import CNF, brute_force_count, count
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _compiled():
+    """Compile the numba core once for this module (the first call pays it)."""
+    count(CNF.from_clauses([[1, 2]]))
+
+
+@st.composite
+def small_cnfs(draw, max_vars=10, max_clauses=30):
+    n = draw(st.integers(0, max_vars))
+    if n == 0:
+        return CNF.from_clauses([], num_vars=0)
+    lit = st.integers(1, n).flatmap(lambda v: st.sampled_from([v, -v]))
+    clauses = draw(st.lists(st.lists(lit, min_size=1, max_size=4), max_size=max_clauses))
+    return CNF.from_clauses(clauses, num_vars=n)
+
+
+@given(small_cnfs())
+@settings(max_examples=150)
+def test_count_equals_brute_force(cnf):
+    info = count(cnf)
+    assert info.status == "ok"
+    assert info.count == brute_force_count(cnf)
+
+
+@given(small_cnfs(), st.sampled_from(["td", "policy"]))
+@settings(max_examples=40)
+def test_other_branchings_equal_brute_force(cnf, how):
+    if how == "policy":
+
+        def first_var_negative(view):
+            return -int(view.variables[0])
+
+        info = count(cnf, branching=first_var_negative, policy_min_vars=1)
+        assert info.policy_calls == info.decisions
+    else:
+        info = count(cnf, branching="td")
+    assert info.count == brute_force_count(cnf)
+
+
+def test_empty_clause_counts_zero():
+    assert count(CNF.from_clauses([[1, 2], []], num_vars=2)).count == 0
+
+
+def test_count_above_two_to_the_64():
+    """Disjoint copies of a small formula: count = c**k > 2**64, c from brute force."""
+    base = [[1, 2, -3], [-1, 3], [2, 4], [-2, -4, 5]]
+    c = brute_force_count(CNF.from_clauses(base, num_vars=5))
+    k = 40
+    clauses = [[np.sign(x) * (abs(x) + 5 * i) for x in cl] for i in range(k) for cl in base]
+    f = CNF.from_clauses([[int(x) for x in cl] for cl in clauses], num_vars=5 * k + 3)
+    expected = c**k * 2**3
+    assert expected > 2**64
+    assert count(f).count == expected
+
+
+def test_limits_are_reported_as_status():
+    rng = np.random.default_rng(1)
+    clauses = [
+        [int(v) * int(rng.choice([-1, 1])) for v in rng.choice(60, 3, False) + 1]
+        for _ in range(180)
+    ]
+    f = CNF.from_clauses(clauses, num_vars=60)
+    info = count(f, max_decisions=5)
+    assert (info.status, info.count, info.decisions) == ("decision_limit", None, 5)
+    info = count(f, max_seconds=0.0)
+    assert info.status in ("time_limit", "ok")
+    assert info.status == "ok" or info.count is None
+    full = count(f)
+    assert full.status == "ok" and full.count > 0
+
+
+def test_tiny_cache_is_still_exact():
+    rng = np.random.default_rng(2)
+    clauses = [
+        [int(v) * int(rng.choice([-1, 1])) for v in rng.choice(18, 3, False) + 1] for _ in range(40)
+    ]
+    f = CNF.from_clauses(clauses, num_vars=18)
+    info = count(f, cache_mb=0.001)
+    assert info.count == brute_force_count(f)
+
+
+def test_bad_arguments():
+    f = CNF.from_clauses([[1]])
+    with pytest.raises((TypeError, jaxtyping.TypeCheckError)):
+        count([[1]])
+    with pytest.raises(ValueError, match="branching"):
+        count(f, branching="nope")
+    with pytest.raises(ValueError, match="max_decisions"):
+        count(f, max_decisions=-1)
+    with pytest.raises(ValueError, match="variable_bias"):
+        count(f, variable_bias=np.zeros(3))
+    with pytest.raises(ValueError, match="not a literal"):
+        count(CNF.from_clauses([[1, 2]]), branching=lambda v: 7, policy_min_vars=1)
