@@ -5,6 +5,14 @@ from importlib.metadata import version as _version
 # --- VAE building blocks and the Multi-Rate VAE (section owned by the MR-VAE work) ---
 
 # --- beta-TCVAE: the ELBO decomposition, MIG, procedural dSprites (β-TCVAE work) ---
+from ._kl_decomposition import (
+    KLDecomposition as KLDecomposition,
+    gaussian_log_density as gaussian_log_density,
+    kl_decomposition as kl_decomposition,
+    kl_decomposition_full as kl_decomposition_full,
+    mixture_log_density as mixture_log_density,
+    mss_log_weights as mss_log_weights,
+)
 
 # --- Invertible networks: blocks, flows, diagnostics, regularizers (invertible-network work) ---
 
