@@ -3,6 +3,37 @@
 from importlib.metadata import version as _version
 
 # --- VAE building blocks and the Multi-Rate VAE (section owned by the MR-VAE work) ---
+from ._likelihoods import negative_log_likelihood as negative_log_likelihood
+from ._vae import (
+    VAE as VAE,
+    MultiRateVAE as MultiRateVAE,
+    Posterior as Posterior,
+    RateDistortion as RateDistortion,
+    active_units as active_units,
+    beta_vae_loss as beta_vae_loss,
+    conv_vae as conv_vae,
+    distortion as distortion,
+    elbo as elbo,
+    encode as encode,
+    gaussian_kl as gaussian_kl,
+    kl_annealing as kl_annealing,
+    mlp_vae as mlp_vae,
+    posterior as posterior,
+    rate as rate,
+    rate_distortion as rate_distortion,
+    reparameterize as reparameterize,
+)
+from ._vae_layers import (
+    ConvDecoder as ConvDecoder,
+    ConvEncoder as ConvEncoder,
+    Gate as Gate,
+    MLPDecoder as MLPDecoder,
+    MLPEncoder as MLPEncoder,
+    ResidualBlock as ResidualBlock,
+    gated_units as gated_units,
+)
+
+# isort: split
 
 # --- beta-TCVAE: the ELBO decomposition, MIG, procedural dSprites (β-TCVAE work) ---
 from ._kl_decomposition import (

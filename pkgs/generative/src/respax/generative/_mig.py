@@ -23,9 +23,9 @@ import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 from numpy.typing import NDArray
 
-ArrayLike = Array | NDArray
-
 from ._kl_decomposition import gaussian_log_density
+
+ArrayLike = Array | NDArray
 
 
 class MIGResult(eqx.Module):
