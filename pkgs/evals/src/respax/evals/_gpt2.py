@@ -5,6 +5,7 @@ import dataclasses
 import json
 import os
 import pathlib
+from typing import NamedTuple
 
 import equinox as eqx
 import jax
@@ -15,6 +16,7 @@ from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray
 __all__ = [
     "GPT2",
     "GPT2Config",
+    "TokenScores",
     "gpt2_generate",
     "gpt2_logits",
     "gpt2_score",
@@ -189,10 +191,19 @@ def gpt2_logits(model: GPT2, tokens: Int[ArrayLike, " T"]) -> Float[Array, "T V"
     return _hidden(model, tokens, jnp.arange(t), mask) @ model.wte.T
 
 
+class TokenScores(NamedTuple):
+    """Per-position scores of a batch of target tokens."""
+
+    logprob: Float[Array, "B T"]  # log p(target | inputs up to and including t)
+    is_argmax: Bool[Array, "B T"]  # the target is the model's most likely token
+    top_token: Int[Array, "B T"]  # the most likely token
+    top_logprob: Float[Array, "B T"]  # its log-probability
+
+
 def gpt2_score(
     model: GPT2, inputs: Int[ArrayLike, "B T"], targets: Int[ArrayLike, "B T"]
-) -> tuple[Float[Array, "B T"], Bool[Array, "B T"]]:
-    """`log p(targets[b, t] | inputs[b, :t+1])` and whether each target is the argmax.
+) -> TokenScores:
+    """`log p(targets[b, t] | inputs[b, :t+1])`, whether each target is the argmax, and the argmax.
 
     Right padding is harmless: position t sees only positions <= t. Jit it yourself
     (`eqx.filter_jit(gpt2_score)`).
@@ -202,7 +213,8 @@ def gpt2_score(
         logits = gpt2_logits(model, x).astype(jnp.float32)
         logp = jax.nn.log_softmax(logits, axis=-1)
         lp = jnp.take_along_axis(logp, y[:, None], axis=-1)[:, 0]
-        return lp, lp >= logp.max(-1)
+        top = logp.max(-1)
+        return TokenScores(lp, lp >= top, jnp.argmax(logp, -1).astype(jnp.int32), top)
 
     return jax.vmap(one)(jnp.asarray(inputs), jnp.asarray(targets))
 

@@ -87,8 +87,8 @@ class JaxLM(TokenLM):
         return cls(model, tok, **kwargs)
 
     def score_tokens(self, inputs, targets):
-        lp, g = self._score(self.model, jnp.asarray(inputs), jnp.asarray(targets))
-        return np.asarray(lp), np.asarray(g)
+        out = self._score(self.model, jnp.asarray(inputs), jnp.asarray(targets))
+        return tuple(np.asarray(a) for a in out)
 
     def next_logits(self, inputs, lengths):
         from ._gpt2 import gpt2_logits
@@ -196,8 +196,7 @@ def train_transformer(
     eot = tokenizer.eot_id
 
     def loss_fn(model, x, y):
-        lp, _ = gpt2_score(model, x, y)
-        return -lp.mean()
+        return -gpt2_score(model, x, y).logprob.mean()
 
     @eqx.filter_jit
     def step(model, state, k):

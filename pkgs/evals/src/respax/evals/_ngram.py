@@ -119,7 +119,8 @@ class NGramLM(TokenLM):
         p = self._prob_all(self._histories(np.asarray(inputs)))
         t = np.asarray(targets)
         pt = np.take_along_axis(p, t[..., None], -1)[..., 0]
-        return np.log(pt), pt >= p.max(-1)
+        top = p.max(-1)
+        return np.log(pt), pt >= top, p.argmax(-1), np.log(top)
 
     def next_logits(self, inputs, lengths):
         inputs = np.asarray(inputs)

@@ -70,8 +70,9 @@ class TokenLM:
     """Base class of the in-process backends (see the module docstring).
 
     Subclasses set `tokenizer`, `max_length`, `batch_size` and implement
-    `score_tokens(inputs, targets) -> (logprobs, is_argmax)` on `int32[batch_size, T]` arrays
-    (right-padded; padding positions are ignored) and `next_logits(inputs, lengths)`.
+    `score_tokens(inputs, targets) -> (logprob, is_argmax, top_token, top_logprob)` on
+    `int32[batch_size, T]` arrays (right-padded; padding positions are ignored) and
+    `next_logits(inputs, lengths)`.
     Batches are always padded to `batch_size` rows and `T` to a multiple of `pad_multiple`, so a
     request's score does not depend on what it is batched with.
     """
@@ -94,7 +95,7 @@ class TokenLM:
         raise NotImplementedError
 
     # -- shared ---------------------------------------------------------------------------------
-    def _score_rows(self, rows: list[tuple[list[int], list[int], int]]) -> list[Loglikelihood]:
+    def _score_rows(self, rows: list[tuple[list[int], list[int], int]], detail: bool = False):
         """`rows[i] = (inputs, targets, n)`: the sum over the last `n` targets of `log p`."""
         out: list[Loglikelihood] = [None] * len(rows)  # type: ignore[list-item]
         order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))
@@ -109,13 +110,29 @@ class TokenLM:
                 x, y, _ = rows[i]
                 inputs[r, : len(x)] = x
                 targets[r, : len(y)] = y
-            logp, greedy = self.score_tokens(inputs, targets)
+            logp, greedy, top, top_lp = self.score_tokens(inputs, targets)
             logp, greedy = np.asarray(logp, np.float64), np.asarray(greedy)
             for r, i in enumerate(idx):
                 x, _, n = rows[i]
                 sl = slice(len(x) - n, len(x))
-                out[i] = Loglikelihood(float(logp[r, sl].sum()), bool(greedy[r, sl].all()))
+                if detail:
+                    out[i] = (logp[r, sl], np.asarray(top)[r, sl], np.asarray(top_lp)[r, sl])
+                else:
+                    out[i] = Loglikelihood(float(logp[r, sl].sum()), bool(greedy[r, sl].all()))
         return out
+
+    def token_logprobs(self, texts: Sequence[str]):
+        """Per-token detail of each text, scored from an end-of-text start (what an
+        OpenAI-compatible server echoes): `(ids, logprobs, top_ids, top_logprobs)` per text.
+        Texts longer than `max_length` tokens are refused."""
+        rows, ids = [], []
+        for text in texts:
+            x = [self.tokenizer.eot_id] + self.tokenizer.encode(text)
+            if len(x) - 1 > self.max_length:
+                raise ValueError(f"a text of {len(x) - 1} tokens exceeds max_length.")
+            rows.append((x[:-1], x[1:], len(x) - 1))
+            ids.append(x[1:])
+        return [(i, *d) for i, d in zip(ids, self._score_rows(rows, detail=True), strict=True)]
 
     def _split(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
         # lm-eval's rule for BPE tokenizers: trailing spaces of the context belong to the
