@@ -17,6 +17,36 @@ from ._counter import (
     CountInfo as CountInfo,
     count as count,
 )
+from ._es import (
+    ESConfig as ESConfig,
+    ESState as ESState,
+    SerialExecutor as SerialExecutor,
+    centered_ranks as centered_ranks,
+    es_init as es_init,
+    es_step as es_step,
+    make_logits_fn as make_logits_fn,
+    policy_decisions as policy_decisions,
+    process_pool as process_pool,
+    rollout_decisions as rollout_decisions,
+)
+from ._families import (
+    Instance as Instance,
+    cellular_automaton as cellular_automaton,
+    grid_colouring as grid_colouring,
+    pigeonhole as pigeonhole,
+    random_kcnf as random_kcnf,
+    sample_filtered as sample_filtered,
+    sudoku as sudoku,
+)
+from ._policy import (
+    GNNPolicy as GNNPolicy,
+    LiteralClauseGraph as LiteralClauseGraph,
+    NeuroSharpGNN as NeuroSharpGNN,
+    graph_from_edges as graph_from_edges,
+    literal_clause_graph as literal_clause_graph,
+    parameter_count as parameter_count,
+    scores_to_branching as scores_to_branching,
+)
 from ._td import primal_graph as primal_graph, td_bias as td_bias
 
 __version__ = _version("respax-sat")
