@@ -7,6 +7,15 @@ from ._corpus import (
     CORPUS_HELD_OUT_PERSONAS as CORPUS_HELD_OUT_PERSONAS,
     load_corpus as load_corpus,
 )
+from ._datasets import (
+    DATA_ENV as DATA_ENV,
+    JsonlError as JsonlError,
+    Sample as Sample,
+    Task as Task,
+    list_tasks as list_tasks,
+    load_task as load_task,
+    read_jsonl as read_jsonl,
+)
 from ._gpt2 import (
     GPT2 as GPT2,
     GPT2Config as GPT2Config,
@@ -20,6 +29,21 @@ from ._gpt2 import (
 from ._http import NoLogprobsError as NoLogprobsError, OpenAILM as OpenAILM
 from ._jax_lm import JaxLM as JaxLM, train_transformer as train_transformer
 from ._ngram import NGramLM as NGramLM
+from ._pipeline import (
+    PERSONA_PRESET as PERSONA_PRESET,
+    FewShotPreset as FewShotPreset,
+    PersonaPreset as PersonaPreset,
+    Scored as Scored,
+    discriminate as discriminate,
+    few_shot_prompt as few_shot_prompt,
+    generate_statements as generate_statements,
+    generation_prompt as generation_prompt,
+    parse_block_quote as parse_block_quote,
+    parse_statement as parse_statement,
+    persona_rows as persona_rows,
+    run_persona_pipeline as run_persona_pipeline,
+    select as select,
+)
 from ._protocol import (
     Capabilities as Capabilities,
     CapabilityError as CapabilityError,
@@ -27,6 +51,17 @@ from ._protocol import (
     LanguageModel as LanguageModel,
     Loglikelihood as Loglikelihood,
     require as require,
+)
+from ._runner import (
+    TEMPLATES as TEMPLATES,
+    EvalResult as EvalResult,
+    PromptTemplate as PromptTemplate,
+    WinogeneratedResult as WinogeneratedResult,
+    chat_template as chat_template,
+    evaluate as evaluate,
+    evaluate_winogenerated as evaluate_winogenerated,
+    fisher_z_ci as fisher_z_ci,
+    write_results as write_results,
 )
 from ._server import make_app as make_app, serve as serve
 from ._token_lm import TokenLM as TokenLM, rolling_windows as rolling_windows
