@@ -57,7 +57,7 @@ SCALES = {
         decision_cap=2000,
         eval_cap=5000,
     ),
-    "quick": Config(),
+    "quick": Config(filter_cap=8000, num_heldout=5),
     "paper": Config(
         rule=49,
         train_size=(128, 110),
