@@ -57,7 +57,7 @@ SCALES = {
         decision_cap=2000,
         eval_cap=5000,
     ),
-    "quick": Config(filter_cap=8000, num_heldout=5),
+    "quick": Config(large_size=(11, 9), num_heldout=5, num_large=3),
     "paper": Config(
         rule=49,
         train_size=(128, 110),
@@ -85,6 +85,7 @@ def _sample(cfg, size, num, seed):
         seed=seed,
         min_decisions=cfg.min_decisions,
         max_decisions=cfg.filter_cap,
+        max_tries=300,
     )
 
 
