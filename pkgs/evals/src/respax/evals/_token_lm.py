@@ -33,7 +33,7 @@ def rolling_windows(
 
     Example:
         >>> rolling_windows(5, 2)
-        [(0, 1, 3), (2, 3, 5), (4, 5, 6)]
+        [(0, 1, 3), (2, 3, 5), (3, 5, 6)]
         >>> rolling_windows(5, 8)
         [(0, 1, 6)]
     """

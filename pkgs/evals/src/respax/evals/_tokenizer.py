@@ -34,7 +34,7 @@ class CharTokenizer:
     Example:
         >>> tok = CharTokenizer.from_text("hello")
         >>> tok.encode("hole"), tok.decode(tok.encode("hole"))
-        ([4, 5, 3, 2], 'hole')
+        ([3, 5, 4, 2], 'hole')
     """
 
     def __init__(self, alphabet: str):
