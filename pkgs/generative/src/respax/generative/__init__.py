@@ -4,6 +4,15 @@ from importlib.metadata import version as _version
 
 # --- VAE building blocks and the Multi-Rate VAE (section owned by the MR-VAE work) ---
 from ._likelihoods import negative_log_likelihood as negative_log_likelihood
+from ._mrvae import (
+    RDCurve as RDCurve,
+    beta_vae_rate_distortion as beta_vae_rate_distortion,
+    distortion_at_rate as distortion_at_rate,
+    log_spaced_betas as log_spaced_betas,
+    mrvae_loss as mrvae_loss,
+    rate_distortion_curve as rate_distortion_curve,
+    sample_beta as sample_beta,
+)
 from ._vae import (
     VAE as VAE,
     MultiRateVAE as MultiRateVAE,

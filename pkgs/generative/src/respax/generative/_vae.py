@@ -152,7 +152,7 @@ def _float_dtype(model):
 
 def check_beta_in_range(beta, beta_range: tuple[float, float]) -> None:
     """Outside `jit`, warn when β lies outside the range the MR-VAE was trained on."""
-    if isinstance(beta, jax.core.Tracer):
+    if beta is None or isinstance(beta, jax.core.Tracer):
         return
     b = np.asarray(beta, dtype=np.float64)
     if b.size == 0:
