@@ -45,6 +45,20 @@ from ._vae_layers import (
 # isort: split
 
 # --- beta-TCVAE: the ELBO decomposition, MIG, procedural dSprites (β-TCVAE work) ---
+from ._dsprites import (
+    DSPRITES_FACTOR_NAMES as DSPRITES_FACTOR_NAMES,
+    DSPRITES_FACTOR_SIZES as DSPRITES_FACTOR_SIZES,
+    DSPRITES_SIZE as DSPRITES_SIZE,
+    DSpritesData as DSpritesData,
+    dsprites_classes as dsprites_classes,
+    dsprites_factor_values as dsprites_factor_values,
+    dsprites_index as dsprites_index,
+    dsprites_values as dsprites_values,
+    load_dsprites_npz as load_dsprites_npz,
+    render_dsprites as render_dsprites,
+    render_dsprites_at as render_dsprites_at,
+    sprite_centre as sprite_centre,
+)
 from ._kl_decomposition import (
     KLDecomposition as KLDecomposition,
     gaussian_log_density as gaussian_log_density,
@@ -62,5 +76,18 @@ from ._mig import (
 )
 
 # --- Invertible networks: blocks, flows, diagnostics, regularizers (invertible-network work) ---
+from ._flow import Flow as Flow, StandardNormal as StandardNormal
+from ._invertible import (
+    ActNorm as ActNorm,
+    AdditiveCoupling as AdditiveCoupling,
+    AffineCoupling as AffineCoupling,
+    InvertibleBlock as InvertibleBlock,
+    LUConv1x1 as LUConv1x1,
+    MLPConditioner as MLPConditioner,
+    Permute as Permute,
+    Squeeze as Squeeze,
+    coupling_scale as coupling_scale,
+)
+from ._iresnet import InvertibleResidualBlock as InvertibleResidualBlock
 
 __version__ = _version("respax-generative")
