@@ -4,6 +4,14 @@ from importlib.metadata import version as _version
 
 # --- VAE building blocks and the Multi-Rate VAE (section owned by the MR-VAE work) ---
 from ._likelihoods import negative_log_likelihood as negative_log_likelihood
+from ._linear_vae import (
+    LinearMultiRateVAE as LinearMultiRateVAE,
+    LinearVAEParams as LinearVAEParams,
+    fit_linear_mrvae as fit_linear_mrvae,
+    linear_vae_encoder_optimum as linear_vae_encoder_optimum,
+    linear_vae_optimum as linear_vae_optimum,
+    linear_vae_rate_distortion as linear_vae_rate_distortion,
+)
 from ._mrvae import (
     RDCurve as RDCurve,
     beta_vae_rate_distortion as beta_vae_rate_distortion,
