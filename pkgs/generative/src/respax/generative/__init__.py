@@ -88,6 +88,19 @@ from ._tcvae import tcvae_loss as tcvae_loss
 
 # --- Invertible networks: blocks, flows, diagnostics, regularizers (invertible-network work) ---
 from ._flow import Flow as Flow, StandardNormal as StandardNormal
+from ._flow_stability import (
+    condition_number as condition_number,
+    fd_inverse_regularizer as fd_inverse_regularizer,
+    fd_regularizer as fd_regularizer,
+    invertibility_attack as invertibility_attack,
+    jacobian_singular_values as jacobian_singular_values,
+    local_lipschitz as local_lipschitz,
+    memory_saving_forward as memory_saving_forward,
+    nf_regularizer as nf_regularizer,
+    nonfinite_fraction as nonfinite_fraction,
+    ood_probes as ood_probes,
+    reconstruction_error as reconstruction_error,
+)
 from ._invertible import (
     ActNorm as ActNorm,
     AdditiveCoupling as AdditiveCoupling,
