@@ -33,6 +33,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 Estimator = Literal["mws", "mss"]
+Weight = float | Float[Array, ""]
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
@@ -75,7 +76,7 @@ class KLDecomposition(eqx.Module):
     log_prod_qzj: Float[Array, " samples"]
     log_pz: Float[Array, " samples"]
 
-    def weighted(self, alpha: float = 1.0, beta: float = 1.0, gamma: float = 1.0) -> Array:
+    def weighted(self, alpha: "Weight" = 1.0, beta: "Weight" = 1.0, gamma: "Weight" = 1.0) -> Array:
         """`α·MI + β·TC + γ·dwKL`, the KL penalty of the weighted objective (batch mean).
 
         β-TCVAE is `α = γ = 1, β > 1`; β-VAE scales all three by β; `α = β = γ = 1` is the
@@ -84,7 +85,7 @@ class KLDecomposition(eqx.Module):
         return alpha * self.mi + beta * self.tc + gamma * self.dwkl
 
     def per_sample_weighted(
-        self, alpha: float = 1.0, beta: float = 1.0, gamma: float = 1.0
+        self, alpha: "Weight" = 1.0, beta: "Weight" = 1.0, gamma: "Weight" = 1.0
     ) -> Float[Array, " samples"]:
         """`α·MI + β·TC + γ·dwKL` per sample (the batch mean is `weighted`)."""
         mi = self.log_qz_given_x - self.log_qz
