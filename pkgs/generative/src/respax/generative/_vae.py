@@ -233,7 +233,7 @@ def _betas_per_example(model, beta, batch: int):
         raise TypeError("a MultiRateVAE needs `beta` (a scalar, or one per example).")
     beta = jnp.asarray(beta, dtype=_float_dtype(model))
     if beta.ndim == 0:
-        return jnp.broadcast_to(beta, (batch,))
+        return beta  # one β for the batch: the gates are computed once, not per example
     if beta.shape != (batch,):
         raise ValueError(f"`beta` must be a scalar or have shape ({batch},), got {beta.shape}.")
     return beta
@@ -258,7 +258,7 @@ def encode(model, x: Float[Array, "batch ..."], *, beta=None):
         return jax.vmap(model.encode)(x)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the range was checked above
-        return jax.vmap(model.encode)(x, betas)
+        return jax.vmap(model.encode, in_axes=(0, 0 if betas.ndim else None))(x, betas)
 
 
 def posterior(
@@ -287,7 +287,7 @@ def posterior(
     else:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            outputs = jax.vmap(model.decode)(z, betas)
+            outputs = jax.vmap(model.decode, in_axes=(0, 0 if betas.ndim else None))(z, betas)
     return Posterior(mu, logvar, z, outputs)
 
 
