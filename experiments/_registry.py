@@ -13,7 +13,16 @@ import os
 from experiments._api import Experiment
 from experiments._errors import RunnerError
 
-NAMES = ["superposition", "kfac_autoencoder", "bilevel_implicit_bias", "influence_pbrf", "neurosharp", "model_written_evals", "tcvae_disentanglement", "mrvae_rate_distortion"]
+NAMES = [
+    "superposition",
+    "kfac_autoencoder",
+    "bilevel_implicit_bias",
+    "influence_pbrf",
+    "neurosharp",
+    "model_written_evals",
+    "tcvae_disentanglement",
+    "mrvae_rate_distortion",
+]
 EXTRA_ENV = "RESPAX_EXTRA_EXPERIMENTS"
 
 

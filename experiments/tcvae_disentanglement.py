@@ -253,8 +253,7 @@ def run(cfg: Config, ctx: Context) -> Result:
         f"Evaluation on the stride-{cfg.eval_stride} sub-lattice {sizes} "
         f"({len(lattice)} images), {cfg.eval_samples} samples per entropy.\n\n"
         "| method | beta | TC | MI | dwKL | MIG sampled | MIG discrete |\n"
-        "|---|---|---|---|---|---|---|\n"
-        + table
+        "|---|---|---|---|---|---|---|\n" + table
     )
     metrics = {"runs": rows, "tc_per_beta": tc, "mig_per_beta": mig, "median_mig": med,
                "pearson_tc_mig": corr, "eval_lattice": list(sizes)}  # fmt: skip
