@@ -189,7 +189,9 @@ def train_transformer(
         raise ValueError(f"`text` has {len(data)} tokens; need more than seq_len + 1.")
     k_init, k_data = jax.random.split(key)
     model = GPT2.init(config, key=k_init)
-    sched = optax.warmup_cosine_decay_schedule(0.0, learning_rate, max(1, steps // 20), steps)
+    warmup = max(1, steps // 20)
+    # optax needs decay steps beyond the warmup: a one- or two-step run (the paper probe) too.
+    sched = optax.warmup_cosine_decay_schedule(0.0, learning_rate, warmup, max(steps, warmup + 1))
     opt = optax.adamw(sched, weight_decay=0.01)
     state = opt.init(eqx.filter(model, eqx.is_array))
     data_j = jnp.asarray(data)
