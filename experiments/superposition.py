@@ -25,10 +25,26 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments._api import Claim, Experiment, Result, population_loop
+from experiments._api import Experiment, Result, population_loop
+from experiments._superposition_claims import (
+    SWEEP_DECAY,
+    SWEEP_FEATURES,
+    SWEEP_HIDDEN,
+    abs_claims,
+    correlated_claims,
+    geometry_claims,
+    phase_claims,
+    sweep_claims,
+)
+from experiments._superposition_plots import (
+    plot_abs,
+    plot_correlated,
+    plot_geometry,
+    plot_phases,
+    plot_sweep,
+)
 from respax.interp import superposition as sp
 
-SWEEP_FEATURES, SWEEP_HIDDEN, SWEEP_DECAY = 20, 5, 0.7
 GEOMETRY_LEVELS = 20  # p = 20^(-k/19), k = 0..19, as in the paper
 CORRELATED_DENSITY_EXPONENTS = (0.5, 0.625, 0.75, 0.875, 1.0)  # p = 400^-e: 5 % ... 0.25 %
 
@@ -238,124 +254,6 @@ def part_sweep(cfg: Config, ctx):
     return out
 
 
-def sweep_claims(cfg: Config, sweep):
-    densities = np.asarray(cfg.sweep_densities)
-    top_m = set(range(SWEEP_HIDDEN))
-    claims, metrics = [], {}
-    for model, r in sweep.items():
-        metrics[model] = {
-            "densities": densities.tolist(),
-            "represented_per_seed": r["represented"].tolist(),
-            "dstar_mean": r["dstar"].mean(0).tolist(),
-            "mean_interference_of_represented": [
-                float(r["interference"][:, j][r["norms"][:, j] > 0.5].mean())
-                if (r["norms"][:, j] > 0.5).any()
-                else 0.0
-                for j in range(len(densities))
-            ],
-        }
-    dense = np.flatnonzero(densities == 1.0)
-    if dense.size:
-        j = dense[0]
-        kept = {
-            model: [
-                sorted(np.flatnonzero(r["norms"][seed, j] > 0.5).tolist())
-                for seed in range(r["norms"].shape[0])
-            ]
-            for model, r in sweep.items()
-        }
-        holds = all(set(k) == top_m for ks in kept.values() for k in ks)
-        claims.append(
-            Claim(
-                f"dense data (1-S=1) keeps exactly the m={SWEEP_HIDDEN} most important features "
-                "(||W_i||>0.5), linear and ReLU models, every seed",
-                "quick",
-                "Fig. 'superposition vs sparsity': dense -> top-m features, orthogonal (PCA-like)",
-                f"kept features: {kept}",
-                bool(holds),
-            )
-        )
-    lin = sweep["linear"]["represented"]
-    claims.append(
-        Claim(
-            f"linear model: exactly {SWEEP_HIDDEN} features represented at every density",
-            "quick",
-            "linear models never superpose: top-m features at any sparsity",
-            f"represented per seed x density: {lin.tolist()}",
-            bool((lin == SWEEP_HIDDEN).all()),
-        )
-    )
-    sparse = np.flatnonzero(densities <= 0.003)
-    relu = sweep["relu"]["represented"]
-    if sparse.size:
-        counts = relu[:, sparse]
-        claims.append(
-            Claim(
-                ">=12 of 20 features with ||W_i||>0.5 in the ReLU model at 1-S <= 0.003 (every "
-                "seed, every such density)",
-                "quick",
-                "notes' JAX check at 10k steps: 12 at 1-S=.003, 14 at .001 (paper figure: most "
-                "features represented when sparse)",
-                f"1-S={densities[sparse].tolist()}: {counts.tolist()}",
-                bool((counts >= 12).all()),
-            )
-        )
-    dstar = sweep["relu"]["dstar"].mean(0)
-    order = np.argsort(-densities)
-    monotone = bool(np.all(np.diff(dstar[order]) <= 0.02))
-    claims.append(
-        Claim(
-            "ReLU model: superposition grows with sparsity: D* = m/||W||_F^2 (mean over seeds) "
-            "non-increasing as 1-S falls (tolerance 0.02) and <= 0.5 at the sparsest density",
-            "quick",
-            "notes' JAX check: D* = 1.00, .72, .51, .41, .40, .35, .33",
-            f"D* = {np.round(dstar[order], 3).tolist()}",
-            monotone and bool(dstar[order][-1] <= 0.5),
-        )
-    )
-    return claims, metrics
-
-
-def plot_sweep(cfg: Config, sweep, ctx):
-    import matplotlib.pyplot as plt
-    from matplotlib.cm import ScalarMappable
-    from matplotlib.colors import Normalize
-
-    densities = cfg.sweep_densities
-    for model, r in sweep.items():
-        d = len(densities)
-        # constrained layout makes room for the colour bars and keeps labels off the ticks.
-        fig, axes = plt.subplots(
-            2, d, figsize=(2.2 * d + 1.6, 4.8), squeeze=False, layout="constrained"
-        )
-        for j in range(d):
-            W = r["W"][0, j]
-            image = axes[0, j].imshow(W @ W.T, cmap="RdBu_r", vmin=-1, vmax=1)
-            axes[0, j].set_title(f"1-S={densities[j]:g}", fontsize=9)
-            axes[0, j].set_xticks([])
-            axes[0, j].set_yticks([])
-            norms, inter = r["norms"][0, j], r["interference"][0, j]
-            colors = plt.cm.viridis(np.clip(inter, 0, 1))
-            axes[1, j].barh(np.arange(len(norms)), norms, color=colors)
-            axes[1, j].invert_yaxis()
-            axes[1, j].set_xlim(0, 1.2)
-            axes[1, j].set_xticks([0, 0.5, 1])
-            axes[1, j].set_yticks([])
-            axes[1, j].tick_params(labelsize=8)
-            axes[1, j].set_xlabel("||W_i||", fontsize=8)
-        axes[0, 0].set_ylabel("WᵀW", fontsize=9)
-        axes[1, 0].set_ylabel("feature i\n(importance 0.7^i)", fontsize=8)
-        fig.colorbar(image, ax=axes[0, :], shrink=0.9, label="WᵀW entry")
-        fig.colorbar(
-            ScalarMappable(Normalize(0, 1), cmap="viridis"),
-            ax=axes[1, :],
-            shrink=0.9,
-            label="Σ_j (Ŵ_i·W_j)², j≠i",
-        )
-        fig.suptitle(f"{model} output, n=20, m=5 (seed 0); bars ||W_i||", fontsize=10)
-        ctx.save_figure(fig, f"sweep_{model}.png")
-
-
 # ----------------------------------------------------------------------------------------------
 # 2. Phase diagrams.
 
@@ -397,64 +295,6 @@ def part_phase(cfg: Config, ctx, n: int):
         "agreement_per_seed": [float((c == theory).mean()) for c in classes],
         "dense_row_superposition": int((best[0] == sp.SUPERPOSITION).sum()),
     }
-
-
-def phase_claims(cfg: Config, phases):
-    claims, metrics = [], {}
-    for n, ph in phases.items():
-        label = f"{n} features in {n - 1} dim"
-        metrics[f"{n}in{n - 1}"] = {
-            "agreement_best_seed": ph["agreement"],
-            "agreement_per_seed": ph["agreement_per_seed"],
-            "empirical_best_seed": ph["best"].tolist(),
-            "analytic": ph["theory"].tolist(),
-        }
-        claims.append(
-            Claim(
-                f"{label}: the empirical phase of the extra feature (lowest-loss seed per cell) "
-                "agrees with the analytic candidate-solution comparison on >= 75% of the "
-                f"{cfg.phase_grid}x{cfg.phase_grid} cells",
-                "quick",
-                "empirical and theoretical phase diagrams match (qualitatively; the public "
-                "reproduction says it does not match exactly)",
-                round(ph["agreement"], 4),
-                ph["agreement"] >= 0.75,
-            )
-        )
-        claims.append(
-            Claim(
-                f"{label}: no superposition of the extra feature at density 1 (dense row)",
-                "quick",
-                "superposition only with sparse features",
-                f"{ph['dense_row_superposition']} of {cfg.phase_grid} dense cells in superposition",
-                ph["dense_row_superposition"] == 0,
-            )
-        )
-    return claims, metrics
-
-
-def plot_phases(cfg: Config, phases, ctx):
-    import matplotlib.pyplot as plt
-    from matplotlib.colors import ListedColormap
-
-    cmap = ListedColormap(["#d9d9d9", "#3182bd", "#e6550d"])
-    g = cfg.phase_grid
-    fig, axes = plt.subplots(len(phases), 2, figsize=(8, 4 * len(phases)), squeeze=False)
-    for row, (n, ph) in enumerate(phases.items()):
-        for col, (grid, title) in enumerate(
-            [(ph["best"], "empirical (lowest-loss seed)"), (ph["theory"], "analytic candidates")]
-        ):
-            ax = axes[row, col]
-            ax.imshow(grid, cmap=cmap, vmin=0, vmax=2, origin="upper")
-            ax.set_xticks([0, (g - 1) / 2, g - 1], ["0.1x", "1x", "10x"])
-            ax.set_yticks([0, (g - 1) / 2, g - 1], ["1", "0.1", "0.01"])
-            ax.set_xlabel("relative importance of the extra feature")
-            ax.set_ylabel("feature density 1-S")
-            ax.set_title(f"{n} in {n - 1}: {title}", fontsize=10)
-    handles = [plt.Rectangle((0, 0), 1, 1, color=cmap(i)) for i in range(3)]
-    fig.legend(handles, sp.PHASE_NAMES, loc="lower center", ncol=3)
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
-    ctx.save_figure(fig, "phase_diagrams.png")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -502,138 +342,6 @@ def part_geometry(cfg: Config, ctx):
     }
 
 
-def geometry_claims(cfg: Config, geo):
-    names = list(sp.POLYTOPE_FRACTIONS)
-    dstar = geo["dstar"].mean(0)
-    near_half = np.abs(dstar - 0.5) <= 0.03
-    run, longest = 0, 0
-    for flag in near_half:
-        run = run + 1 if flag else 0
-        longest = max(longest, run)
-    detected = [name for name, peak in zip(names, geo["is_peak"]) if peak]
-    metrics = {
-        "inverse_density": (1 / geo["density"]).tolist(),
-        "dstar_mean": dstar.tolist(),
-        "learned_features": int(geo["learned"].size),
-        "peak_min_count": geo["min_count"],
-        "peaks": {
-            name: {"peak": bool(pk), "within_0.005": int(a), "flanks": int(b)}
-            for name, pk, a, b in zip(names, geo["is_peak"], geo["narrow"], geo["flank"])
-        },
-    }
-    paper_peaks = len(detected) >= 3
-    claims = [
-        Claim(
-            "D* is sticky at 1/2: >= 2 consecutive density levels with |D* - 1/2| <= 0.03",
-            "quick",
-            "Fig. 'dimensionality': D* sticks at 1/2 over a range of sparsity",
-            f"longest run {longest}; D* = {np.round(dstar, 3).tolist()}",
-            longest >= 2,
-        ),
-        Claim(
-            "a density peak of D_i at 1/2 (antipodal pairs), by the corrected peak rule",
-            "quick",
-            "D_i clusters at 1/2",
-            f"{int(geo['narrow'][3])} features within +-0.005 (min {geo['min_count']}), "
-            f"{int(geo['flank'][3])} in the flanks",
-            bool(geo["is_peak"][3]),
-        ),
-    ]
-    full = cfg.geometry_stride == 1 and cfg.geometry_steps >= 10_000
-    claims.append(
-        Claim(
-            "density peaks of D_i at >= 3 of the polytope fractions 1, 3/4, 2/3, 1/2, 2/5, 3/8",
-            "paper",
-            "D_i clusters at 1, 3/4, 2/3, 1/2, 2/5, 3/8 (only 26% of the authors' features lie "
-            "within +-0.02 of them)",
-            f"peaks at: {detected}",
-            paper_peaks if full else None,
-            ""
-            if full
-            else "the rarer polytopes need all 20 levels and 10k steps "
-            f"(this run: {len(geo['density'])} levels, {cfg.geometry_steps} steps)",
-        )
-    )
-    return claims, metrics
-
-
-def _plain_log_ticks(axis) -> None:
-    """Label a log axis at 1, 2, 5, 10, 20, ... only, as plain numbers (no crowded minor labels)."""
-    from matplotlib.ticker import LogLocator, NullFormatter, StrMethodFormatter
-
-    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-    axis.set_major_formatter(StrMethodFormatter("{x:g}"))
-    axis.set_minor_formatter(NullFormatter())
-
-
-def _spread(values, gap: float) -> list[float]:
-    """Label heights near `values` (any order) that keep at least `gap` between neighbours."""
-    order = np.argsort(values)
-    out = np.asarray(values, dtype=float).copy()
-    for previous, current in zip(order[:-1], order[1:], strict=True):
-        out[current] = max(out[current], out[previous] + gap)
-    return out.tolist()
-
-
-def plot_geometry(cfg: Config, geo, ctx):
-    import matplotlib.pyplot as plt
-
-    inv = 1 / geo["density"]
-    fig, axes = plt.subplots(1, 3, figsize=(15.5, 4), layout="constrained")
-    ax = axes[0]
-    for seed in range(geo["dstar"].shape[0]):
-        ax.plot(inv, geo["dstar"][seed], "o-", color="k", alpha=0.7)
-    ax.axhline(0.5, color="r", ls="--", lw=1, label="1/2")
-    ax.set_xscale("log")
-    _plain_log_ticks(ax.xaxis)
-    ax.set_xlabel("1/(1-S)")
-    ax.set_ylabel("D* = m / ||W||_F^2")
-    ax.set_title("dimensions per feature")
-    ax.legend()
-    ax = axes[1]
-    for seed in range(geo["dims"].shape[0]):
-        for j, x in enumerate(inv):
-            keep = geo["norms"][seed, j] > 0.5
-            jitter = x * np.exp(np.random.default_rng(j).normal(0, 0.03, keep.sum()))
-            ax.scatter(jitter, geo["dims"][seed, j][keep], s=3, alpha=0.4, color="C0")
-    names, fractions = zip(*sp.POLYTOPE_FRACTIONS.items(), strict=True)
-    # Labels outside the axes on the right, spread apart where fractions are close (2/5 and
-    # 3/8), each joined to its line.
-    for name, f, y in zip(names, fractions, _spread(fractions, 0.08), strict=True):
-        ax.axhline(f, color="gray", lw=0.6, ls=":")
-        ax.annotate(
-            name,
-            xy=(1.0, f),
-            xycoords=("axes fraction", "data"),
-            xytext=(1.04, y),
-            textcoords=("axes fraction", "data"),
-            fontsize=7,
-            va="center",
-            annotation_clip=False,
-            arrowprops={"arrowstyle": "-", "color": "gray", "lw": 0.5},
-        )
-    ax.set_xscale("log")
-    _plain_log_ticks(ax.xaxis)
-    ax.set_xlabel("1/(1-S)")
-    ax.set_ylabel("D_i (features with ||W_i||>0.5)")
-    ax.set_title("feature dimensionality")
-    ax = axes[2]
-    ax.hist(geo["learned"], bins=np.arange(0, 1.0125, 0.0125), color="C0")
-    for name, f in sp.POLYTOPE_FRACTIONS.items():
-        ax.axvline(
-            f,
-            color="r" if geo["is_peak"][list(sp.POLYTOPE_FRACTIONS).index(name)] else "gray",
-            lw=0.8,
-            ls="--",
-        )
-    ax.set_yscale("log")
-    _plain_log_ticks(ax.yaxis)
-    ax.set_xlabel("D_i (red: detected peak)")
-    ax.set_ylabel("features")
-    ax.set_title("histogram of D_i")
-    ctx.save_figure(fig, "geometry.png")
-
-
 # ----------------------------------------------------------------------------------------------
 # 4. Correlated and anti-correlated pairs.
 
@@ -661,67 +369,6 @@ def part_correlated(cfg: Config, ctx):
             "norms": metric("norms", params.W).reshape(cfg.correlated_seeds, len(p), 4),
         }
     return out
-
-
-def correlated_claims(cfg: Config, pairs):
-    antipodal = {
-        k: float((pairs[k]["cos"] < -0.9).mean()) for k in ("correlated", "anticorrelated")
-    }
-    orthogonal = {
-        k: float((np.abs(pairs[k]["cos"]) < 0.2).mean()) for k in ("correlated", "anticorrelated")
-    }
-    metrics = {
-        "density": pairs["density"].tolist(),
-        "fraction_antipodal": antipodal,
-        "fraction_orthogonal": orthogonal,
-        "antipodal_by_density": {
-            k: (pairs[k]["cos"] < -0.9).mean((0, 2)).tolist()
-            for k in ("correlated", "anticorrelated")
-        },
-    }
-    claims = [
-        Claim(
-            "anti-correlated pairs end antipodal (cos < -0.9) more often than correlated pairs",
-            "quick",
-            "anti-correlated features prefer antipodal superposition",
-            f"antipodal: anti-correlated {antipodal['anticorrelated']:.2f}, "
-            f"correlated {antipodal['correlated']:.2f}",
-            antipodal["anticorrelated"] > antipodal["correlated"],
-        ),
-        Claim(
-            "correlated pairs are placed orthogonally (|cos| < 0.2) in >= 75% of pairs",
-            "quick",
-            "correlated features prefer to be orthogonal (no antipodal pairs)",
-            round(orthogonal["correlated"], 4),
-            orthogonal["correlated"] >= 0.75,
-        ),
-    ]
-    return claims, metrics
-
-
-def plot_correlated(cfg: Config, pairs, ctx):
-    import matplotlib.pyplot as plt
-
-    p = pairs["density"]
-    fig, axes = plt.subplots(2, len(p) + 1, figsize=(2.6 * (len(p) + 1), 5.4), squeeze=False)
-    for row, kind in enumerate(("correlated", "anticorrelated")):
-        for j in range(len(p)):
-            ax = axes[row, j]
-            W = pairs[kind]["W"][0, j]
-            for i, color in enumerate(["C0", "C0", "C1", "C1"]):
-                ax.plot([0, W[i, 0]], [0, W[i, 1]], color=color, lw=2, ls="-" if i % 2 else "--")
-            ax.set_xlim(-1.3, 1.3)
-            ax.set_ylim(-1.3, 1.3)
-            ax.set_aspect("equal")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.set_title(f"{kind[:5]}. p={p[j]:.3g}", fontsize=8)
-        ax = axes[row, -1]
-        ax.hist(pairs[kind]["cos"].ravel(), bins=np.linspace(-1, 1, 21))
-        ax.set_title(f"{kind}: in-pair cosine", fontsize=8)
-    fig.suptitle("W_i in 2-D (seed 0); pair (0,1) blue, pair (2,3) orange", fontsize=10)
-    fig.tight_layout()
-    ctx.save_figure(fig, "correlated_pairs.png")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -763,71 +410,6 @@ def part_abs(cfg: Config, ctx):
         "polysemantic": polysemantic,
         "W1": params.W1.reshape(cfg.abs_seeds, len(densities), n, m),
     }
-
-
-def abs_claims(cfg: Config, ab):
-    d = ab["density"]
-    ratio = ab["ratio"].max(0)  # worst seed
-    poly = ab["polysemantic"].mean(0)
-    metrics = {
-        "density": d.tolist(),
-        "loss": ab["loss"].tolist(),
-        "monosemantic_bound": ab["bound"].tolist(),
-        "loss_over_bound": ab["ratio"].tolist(),
-        "polysemantic_fraction": ab["polysemantic"].tolist(),
-    }
-    claims = []
-    sparse = d <= 0.1
-    if sparse.any():
-        claims.append(
-            Claim(
-                "sparse inputs (1-S <= 0.1): the abs model's loss is below the best loss of any "
-                "solution without superposition (each neuron reads one feature), every seed",
-                "quick",
-                "computation (|x|) happens in superposition when features are sparse",
-                f"loss / monosemantic bound at 1-S={d[sparse].tolist()}: "
-                f"{np.round(ratio[sparse], 3).tolist()}",
-                bool((ratio[sparse] < 1).all()),
-            )
-        )
-    dense = np.flatnonzero(d == 1.0)
-    if dense.size and sparse.any():
-        j = dense[0]
-        claims.append(
-            Claim(
-                "dense inputs: neurons are monosemantic (<= 10% polysemantic) and polysemantic "
-                "neurons are the majority (> 50%) at the sparsest density",
-                "quick",
-                "dense: monosemantic neurons; sparse: polysemantic neurons",
-                f"polysemantic fraction: {np.round(poly, 2).tolist()} at 1-S={d.tolist()}",
-                bool(poly[j] <= 0.1 and poly[np.argmin(d)] > 0.5),
-            )
-        )
-    return claims, metrics
-
-
-def plot_abs(cfg: Config, ab, ctx):
-    import matplotlib.pyplot as plt
-
-    d = ab["density"]
-    fig, axes = plt.subplots(1, 4, figsize=(16, 3.8))
-    axes[0].plot(d, ab["ratio"].T, "o-")
-    axes[0].axhline(1, color="r", ls="--", lw=1)
-    axes[0].set_xscale("log")
-    axes[0].set_xlabel("1-S")
-    axes[0].set_ylabel("loss / best monosemantic loss")
-    axes[0].set_title("below 1: computation in superposition", fontsize=9)
-    axes[1].plot(d, ab["polysemantic"].T, "o-")
-    axes[1].set_xscale("log")
-    axes[1].set_xlabel("1-S")
-    axes[1].set_ylabel("fraction of polysemantic neurons")
-    for ax, j, title in [(axes[2], 0, "densest"), (axes[3], len(d) - 1, "sparsest")]:
-        ax.imshow(ab["W1"][0, j].T, cmap="RdBu_r", vmin=-1.5, vmax=1.5, aspect="auto")
-        ax.set_xlabel("feature")
-        ax.set_ylabel("neuron")
-        ax.set_title(f"W1 at 1-S={d[j]:g} ({title})", fontsize=9)
-    fig.tight_layout()
-    ctx.save_figure(fig, "computation.png")
 
 
 # ----------------------------------------------------------------------------------------------

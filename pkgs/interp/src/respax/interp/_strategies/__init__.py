@@ -17,7 +17,6 @@ from ._base import (
     Layout as Layout,
     Segments as Segments,
     Strategy as Strategy,
-    exact_dtype as exact_dtype,
     gather as gather,
     resolve_key as resolve_key,
     scatter as scatter,

@@ -42,11 +42,6 @@ def scatter(x: Array, segments: Segments, values: Array) -> Array:
     return x
 
 
-def exact_dtype():
-    """float64 when it is enabled (the oracle's dtype), float32 otherwise."""
-    return jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
-
-
 def _check_int(name, value, allow_none=False):
     if value is None and allow_none:
         return

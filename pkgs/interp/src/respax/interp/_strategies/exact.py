@@ -13,7 +13,6 @@ from ._base import (
     Segments,
     Strategy,
     _check_int,
-    exact_dtype,
     gather,
     scatter,
     segment_size,
@@ -37,7 +36,9 @@ class Exact(Strategy):
             pseudo-gradients, `(1/N) sum_n (sum_c g g^T) kron a a^T` (one contraction over the
             examples, ~C times fewer flops than `J^T J`); False uses `J^T J` for every block.
 
-    The matrices are accumulated in float64 when `jax_enable_x64` is on (up to ~10k parameters).
+        dtype: the accumulation dtype ("float32" or "float64"); None (the default) uses the
+            dtype of the model's parameters. "float64" needs `jax_enable_x64`, the oracle's usual
+            setting (up to ~10k parameters).
     """
 
     curvature: str = eqx.field(default="ggn", static=True)
@@ -45,8 +46,13 @@ class Exact(Strategy):
     mc_samples: int | None = eqx.field(default=None, static=True)
     chunk_size: int = eqx.field(default=64, static=True)
     structured: bool = eqx.field(default=True, static=True)
+    dtype: str | None = eqx.field(default=None, static=True)
 
     def __check_init__(self):
+        if self.dtype not in (None, "float32", "float64"):
+            raise ValueError(f'`dtype` must be None, "float32" or "float64", got {self.dtype!r}.')
+        if self.dtype == "float64" and not jax.config.jax_enable_x64:
+            raise ValueError('`dtype="float64"` needs `jax_enable_x64` (e.g. `jax.enable_x64()`).')
         if self.curvature not in ("ggn", "hessian"):
             raise ValueError(f'`curvature` must be "ggn" or "hessian", got {self.curvature!r}.')
         if self.mc_samples is not None and self.curvature != "ggn":
@@ -72,11 +78,12 @@ class Exact(Strategy):
                     chunk_size=self.chunk_size,
                     mc_samples=self.mc_samples,
                     key=key,
+                    dtype=self.dtype,
                 )
                 if generic
                 else ()
             )
-            dt = exact_dtype()
+            dt = self.dtype or model.flat.dtype
             io = linear_layer_io(model, layout.plan, inputs, structured) if structured else ()
             io = iter(jax.tree.map(lambda t: t.astype(dt), io))
             mats = tuple(
@@ -84,7 +91,7 @@ class Exact(Strategy):
             )
         else:
             mats = dense_hessian_blocks(
-                model, inputs, targets, segments, chunk_size=self.chunk_size
+                model, inputs, targets, segments, chunk_size=self.chunk_size, dtype=self.dtype
             )
         mats = tuple(
             eqx.error_if(
@@ -152,7 +159,7 @@ def dense_ggn_blocks(
 ) -> tuple[Array, ...]:
     """Dense blocks `C_b = (1/n) sum_i A_i[:, b]^T A_i[:, b]` of the analytic GGN (or the
     sampled Fisher), accumulated over chunks of examples."""
-    dtype = dtype or exact_dtype()
+    dtype = dtype or model.flat.dtype
     n = jax.tree.leaves(inputs)[0].shape[0]
     if key is None and mc_samples is not None:
         raise ValueError("`key` is required with `mc_samples` (it draws the sampled targets).")
@@ -186,7 +193,7 @@ def dense_hessian_blocks(
 ) -> tuple[Array, ...]:
     """Dense diagonal blocks of the Hessian of the mean training loss, by Hessian-vector products
     with basis vectors (`chunk_size` at a time)."""
-    dtype = dtype or exact_dtype()
+    dtype = dtype or model.flat.dtype
     flat = model.flat.astype(dtype)
     out = []
     for seg in segments:
