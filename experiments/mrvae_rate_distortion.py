@@ -172,8 +172,14 @@ def run(cfg: Config, ctx) -> Result:
     # timing_steps = 0 (smoke): not measured.
     time_ratio = float(np.median(times["mr"]) / np.median(times["bv"])) if times["mr"] else 1.0
 
-    # Linear VAE: the gap of joint training to the exact response (float32 here).
-    lin = _linear_gap(cfg, ctx.seed) if cfg.linear_steps else float("nan")
+    # Linear VAE: the gap of joint training to the exact response, in float64 (in float32 the
+    # L-BFGS fit stalls at D+βR 20.03 against the exact 14.41 from step ~100 on: a precision
+    # failure of the line search, not of the model; float64 reaches 14.416).
+    if cfg.linear_steps:
+        with jax.enable_x64(True):
+            lin = _linear_gap(cfg, ctx.seed)
+    else:
+        lin = float("nan")
 
     claims = [
         Claim(
@@ -205,7 +211,8 @@ def run(cfg: Config, ctx) -> Result:
             "linear VAE, joint training reaches the exact response (rel. error <= 1e-3)",
             "quick", "Theorem 1: the gates can represent it (existence only)",
             round(lin, 4), bool(lin <= 1e-3) if math.isfinite(lin) else None,
-            "measured, never loosened; representability is proven, reachability is not",
+            "float64 L-BFGS; measured, never loosened; representability is proven, "
+            "reachability is not",
         ),
     ]  # fmt: skip
     metrics = {
@@ -232,7 +239,7 @@ def _linear_gap(cfg: Config, seed: int) -> float:
     q, _ = np.linalg.qr(rng.normal(size=(d, d)))
     x = rng.normal(size=(4000, d)) * np.sqrt([40.0, 25.0, 15.0, 2.0, 1.0, 0.5]) @ q.T
     x = x - x.mean(0)
-    cov = jnp.asarray(x.T @ x / len(x), jnp.float32)
+    cov = jnp.asarray(x.T @ x / len(x), jnp.float64)
     betas = np.geomspace(cfg.beta_min, cfg.beta_max, 10)
     m = rg.LinearMultiRateVAE(d, k, beta_range=(cfg.beta_min, cfg.beta_max),
                               key=jax.random.key(seed))  # fmt: skip
