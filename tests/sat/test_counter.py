@@ -34,7 +34,7 @@ def test_count_equals_brute_force(cnf):
 
 
 @given(small_cnfs(), st.sampled_from(["td", "policy"]))
-@settings(max_examples=40)
+@settings(max_examples=15)
 def test_other_branchings_equal_brute_force(cnf, how):
     if how == "policy":
 
@@ -102,3 +102,20 @@ def test_bad_arguments():
         count(f, variable_bias=np.zeros(3))
     with pytest.raises(ValueError, match="not a literal"):
         count(CNF.from_clauses([[1, 2]]), branching=lambda v: 7, policy_min_vars=1)
+
+
+def test_read_only_install_warns_and_compiles_in_memory(monkeypatch):
+    """No writable numba cache directory: a warning, then the kernel still runs (uncached)."""
+    import numba.core.config
+
+    from respax.sat import _core
+
+    monkeypatch.setattr(numba.core.config, "CACHE_LOCATOR_CLASSES", "ZipCacheLocator")
+    monkeypatch.setattr(_core, "_CACHE_WARNED", [False])
+
+    def add_one(x):
+        return x + 1
+
+    with pytest.warns(RuntimeWarning, match="no writable cache directory"):
+        kernel = _core._njit(add_one)
+    assert kernel(2) == 3 and type(kernel._cache).__name__ == "NullCache"

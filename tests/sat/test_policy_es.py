@@ -14,10 +14,12 @@ def model():
     return sat.NeuroSharpGNN(key=jax.random.PRNGKey(0), num_features=1)
 
 
+@pytest.mark.slow
 def test_parameter_budget(model):
     assert sat.parameter_count(model) <= 40_000
 
 
+@pytest.mark.slow
 def test_gnn_is_permutation_equivariant_over_clauses(model):
     inst = sat.cellular_automaton(9, 6, 3, seed=0)
     g = sat.literal_clause_graph(inst.cnf, inst.time_step)
@@ -28,6 +30,7 @@ def test_gnn_is_permutation_equivariant_over_clauses(model):
     assert jnp.all(jnp.isneginf(a[2 * inst.cnf.num_vars :]))
 
 
+@pytest.mark.slow
 def test_learned_branching_keeps_counts_exact(model):
     for seed in range(3):
         inst = sat.cellular_automaton(30, 6, 3, seed=seed)
@@ -46,6 +49,7 @@ def test_centered_ranks():
     np.testing.assert_allclose(r, [1 / 6, -0.5, -1 / 6, 0.5], atol=1e-6)
 
 
+@pytest.mark.slow
 def test_es_step_moves_parameters_and_reports():
     m = sat.NeuroSharpGNN(key=jax.random.PRNGKey(1))
     cfg = sat.ESConfig(pairs=2, decision_cap=500)

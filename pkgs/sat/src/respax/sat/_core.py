@@ -6,15 +6,19 @@ Counts inside the core are arbitrary-precision unsigned integers stored as littl
 `2**num_vars`); products and sums carry between limbs. They become Python ints at the boundary.
 
 Literals: variable `v` (0-based) has literals `2v` (positive) and `2v + 1` (negative).
-Nothing here is called with `cache=True`: numba compiles these functions on first use in a process.
+The kernels are compiled with numba's `cache=True`: the first process compiles them (~30 s) and
+writes the machine code next to this file (`__pycache__`) or to `NUMBA_CACHE_DIR`; later processes
+load it. Where no cache directory is writable (a read-only install), `_njit` warns once and
+compiles in memory in every process instead.
 """
 
-import ctypes
 import inspect
 import typing
+import warnings
 
 import numba
 import numpy as np
+from numba import types as nbt
 
 # ---- counters kept in one int64 array (`ctr`) --------------------------------------------------
 TRAIL, QHEAD, STAMP, DECISIONS, CONFLICTS, HITS, STORES, ABORT = range(8)
@@ -22,17 +26,35 @@ ENTRIES, KEY_USED, CNT_USED, MAX_DEC, DEADLINE, CLEARS, LIMBS, PROPS = range(8, 
 NCTR = 16
 ABORT_DECISIONS, ABORT_TIME = 1, 2
 
-_libc = ctypes.CDLL(None)
-_clock_gettime = _libc.clock_gettime
-_clock_gettime.argtypes = [ctypes.c_int, ctypes.c_void_p]
-_clock_gettime.restype = ctypes.c_int
+# libc's clock_gettime as an external symbol (resolved by name when the code is loaded, so the
+# kernels stay cacheable; a ctypes function pointer would be baked in as an address).
+_clock_gettime = nbt.ExternalFunction("clock_gettime", nbt.int32(nbt.int32, nbt.voidptr))
 _MASK = np.uint64(0xFFFFFFFF)
+_CACHE_WARNED = [False]
 
 
 def _njit(fn):
-    """numba.njit of the undecorated function: the test suite's jaxtyping import hook wraps every
-    function of `respax` in a runtime type checker that numba cannot compile."""
-    return numba.njit(cache=False)(inspect.unwrap(fn))
+    """numba.njit(cache=True) of the undecorated function (the test suite's jaxtyping import hook
+    wraps every function of `respax` in a runtime type checker that numba cannot compile).
+
+    Where numba finds no writable cache directory it raises at decoration time; we then warn once
+    and compile without the on-disk cache (slower start, same code).
+    """
+    fn = inspect.unwrap(fn)
+    try:
+        return numba.njit(cache=True)(fn)
+    except RuntimeError as err:
+        if "no locator available" not in str(err):
+            raise
+        if not _CACHE_WARNED[0]:
+            warnings.warn(
+                f"respax.sat: numba found no writable cache directory ({err}); the counter is "
+                "compiled in memory in every process (set NUMBA_CACHE_DIR to a writable path)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            _CACHE_WARNED[0] = True
+        return numba.njit(cache=False)(fn)
 
 
 class State(typing.NamedTuple):
@@ -64,7 +86,7 @@ class State(typing.NamedTuple):
 
 @_njit
 def now_us(st):
-    _clock_gettime(1, st.clock.ctypes.data)
+    _clock_gettime(1, st.clock.ctypes)
     return st.clock[0] * 1000000 + st.clock[1] // 1000
 
 
