@@ -83,11 +83,13 @@ from ._mig import (
     mig_sampled as mig_sampled,
 )
 from ._tcvae import tcvae_loss as tcvae_loss
+from ._traversal import latent_traversal as latent_traversal
 
 # isort: split
 
 # --- Invertible networks: blocks, flows, diagnostics, regularizers (invertible-network work) ---
 from ._flow import Flow as Flow, StandardNormal as StandardNormal
+from ._flow_scan import Chain as Chain, ScannedBlocks as ScannedBlocks
 from ._flow_stability import (
     condition_number as condition_number,
     fd_inverse_regularizer as fd_inverse_regularizer,
