@@ -9,8 +9,10 @@ from respax.core import BernoulliLoss
 from respax.generative import (
     kl_decomposition,
     mlp_vae,
+    mrvae_tcvae_loss,
     negative_log_likelihood,
     posterior,
+    sample_beta,
     tcvae_loss,
 )
 
@@ -53,3 +55,23 @@ def test_tcvae_loss_trains_under_jit():
     loss, grads = value_and_grad(vae)
     assert np.isfinite(float(loss))
     assert all(np.all(np.isfinite(g)) for g in jax.tree_util.tree_leaves(grads))
+
+
+@pytest.mark.float64
+def test_mrvae_on_the_tc_objective_is_conditioned_on_the_sampled_beta():
+    mr = mlp_vae((16,), (8,), 3, multi_rate=True, beta_range=(0.1, 10.0), dtype=jnp.float64,
+                 key=jax.random.key(0))  # fmt: skip
+    x = (jax.random.uniform(jax.random.key(1), (10, 16)) > 0.5).astype(jnp.float64)
+    key = jax.random.key(2)
+    loss, dec = mrvae_tcvae_loss(mr, BernoulliLoss(), x, key=key, dataset_size=300)
+    k_beta, k_z = jax.random.split(key)
+    beta = sample_beta(k_beta, (0.1, 10.0), (), jnp.float64)
+    assert 0.1 <= float(beta) <= 10.0
+    post = posterior(mr, BernoulliLoss(), x, key=k_z, beta=beta)
+    nll = jnp.mean(negative_log_likelihood(BernoulliLoss(), post.outputs, x))
+    ref = kl_decomposition(post.z, post.mu, post.logvar, 300, "mss")
+    np.testing.assert_allclose(loss, nll + ref.mi + beta * ref.tc + ref.dwkl, rtol=1e-10)
+    np.testing.assert_allclose(dec.tc, ref.tc, rtol=1e-10)
+    with pytest.raises(TypeError, match="MultiRateVAE"):
+        mrvae_tcvae_loss(mlp_vae((16,), (8,), 3, key=jax.random.key(0)), BernoulliLoss(), x,
+                         key=key, dataset_size=300)  # fmt: skip

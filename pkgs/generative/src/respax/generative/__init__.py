@@ -82,7 +82,7 @@ from ._mig import (
     mig_discrete as mig_discrete,
     mig_sampled as mig_sampled,
 )
-from ._tcvae import tcvae_loss as tcvae_loss
+from ._tcvae import mrvae_tcvae_loss as mrvae_tcvae_loss, tcvae_loss as tcvae_loss
 from ._traversal import latent_traversal as latent_traversal
 
 # isort: split
