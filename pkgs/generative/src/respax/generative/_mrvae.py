@@ -130,10 +130,11 @@ def rate_distortion_curve(
     """
     if not isinstance(model, MultiRateVAE):
         raise TypeError(f"`model` must be a MultiRateVAE, got {type(model).__name__}.")
+    given = betas
     betas = jnp.asarray(betas, dtype=jax.tree.leaves(model.encoder)[0].dtype)
     if betas.ndim != 1 or betas.shape[0] < 1:
         raise ValueError(f"`betas` must be a non-empty 1-D array, got shape {betas.shape}.")
-    check_beta_in_range(np.asarray(betas), model.beta_range)
+    check_beta_in_range(given, model.beta_range)  # skipped for traced β (inside jit)
 
     def one(beta):
         rd = rate_distortion(model, likelihood, x, key=key, beta=beta)

@@ -22,7 +22,25 @@ from ._likelihoods import Likelihood, check_data, check_likelihood, negative_log
 from ._vae_layers import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder, gated_units
 
 
-class VAE(eqx.Module):
+class _EncoderDecoder(eqx.Module):
+    """What a β-VAE and an MR-VAE share: the encoder/decoder pair and its shapes."""
+
+    encoder: eqx.Module
+    decoder: eqx.Module
+
+    def __check_init__(self):
+        _check_pair(self.encoder, self.decoder)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return self.encoder.input_shape
+
+    @property
+    def latent_size(self) -> int:
+        return self.encoder.latent_size
+
+
+class VAE(_EncoderDecoder):
     """A VAE from an encoder `x -> (mu, logvar)` and a decoder `z -> likelihood parameters`.
 
     Both act on one example. Used as a β-VAE: the objectives below weight its rate by β.
@@ -36,24 +54,12 @@ class VAE(eqx.Module):
         [(4,), (4,)]
     """
 
-    encoder: eqx.Module
-    decoder: eqx.Module
-
     def __check_init__(self):
-        _check_pair(self.encoder, self.decoder)
         if gated_units(self) > 0:
             raise ValueError(
                 "`encoder`/`decoder` of a VAE must be ungated (gate=None); gated blocks belong "
                 "in a MultiRateVAE."
             )
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return self.encoder.input_shape
-
-    @property
-    def latent_size(self) -> int:
-        return self.encoder.latent_size
 
     def encode(self, x: Float[Array, "..."], beta=None):
         """`(mu, logvar)` of q(z | x) for one example (`beta` must be None for a β-VAE)."""
@@ -86,7 +92,7 @@ def _check_pair(encoder, decoder) -> None:
         raise ValueError(f"the encoder's input_shape {ins} differs from the decoder's {outs}.")
 
 
-class MultiRateVAE(eqx.Module):
+class MultiRateVAE(_EncoderDecoder):
     """A Multi-Rate VAE: a VAE whose gated layers are conditioned on β (Bae et al. 2023).
 
     The hyper-input of every gate is `u = (log β - m) / s`, the standardization of log β for
@@ -106,12 +112,9 @@ class MultiRateVAE(eqx.Module):
         (64,)
     """
 
-    encoder: eqx.Module
-    decoder: eqx.Module
     beta_range: tuple[float, float] = eqx.field(static=True, default=(0.01, 10.0))
 
     def __check_init__(self):
-        _check_pair(self.encoder, self.decoder)
         a, b = self.beta_range
         if not (0 < a < b and math.isfinite(b)):
             raise ValueError(f"`beta_range` must be (a, b) with 0 < a < b, got {self.beta_range}.")
@@ -120,14 +123,6 @@ class MultiRateVAE(eqx.Module):
                 "a MultiRateVAE needs gated blocks (gate='sigmoid' or 'sqrt_relu'); with none "
                 "it is a plain VAE."
             )
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return self.encoder.input_shape
-
-    @property
-    def latent_size(self) -> int:
-        return self.encoder.latent_size
 
     def hyper_input(self, beta) -> Array:
         """The standardized log β fed to the gates (a warning if β lies outside `beta_range`)."""
@@ -239,6 +234,16 @@ def _betas_per_example(model, beta, batch: int):
     return beta
 
 
+def _batched(fn, data, betas):
+    """`fn` over the batch `data`, with `betas` None (a β-VAE), a scalar or one per example
+    (the MR-VAE's range was checked by the caller, so its warning is not repeated per trace)."""
+    if betas is None:
+        return jax.vmap(fn)(data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return jax.vmap(fn, in_axes=(0, 0 if betas.ndim else None))(data, betas)
+
+
 def encode(model, x: Float[Array, "batch ..."], *, beta=None):
     """`(mu, logvar)` of a batch (for a MultiRateVAE at `beta`, scalar or per example).
 
@@ -253,12 +258,7 @@ def encode(model, x: Float[Array, "batch ..."], *, beta=None):
     _check_x(model, x)
     if isinstance(model, MultiRateVAE):
         check_beta_in_range(beta, model.beta_range)
-    betas = _betas_per_example(model, beta, x.shape[0])
-    if betas is None:
-        return jax.vmap(model.encode)(x)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the range was checked above
-        return jax.vmap(model.encode, in_axes=(0, 0 if betas.ndim else None))(x, betas)
+    return _batched(model.encode, x, _betas_per_example(model, beta, x.shape[0]))
 
 
 def posterior(
@@ -281,13 +281,7 @@ def posterior(
     check_data(likelihood, x)
     mu, logvar = encode(model, x, beta=beta)
     z = reparameterize(mu, logvar, key=key)
-    betas = _betas_per_example(model, beta, x.shape[0])
-    if betas is None:
-        outputs = jax.vmap(model.decode)(z)
-    else:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            outputs = jax.vmap(model.decode, in_axes=(0, 0 if betas.ndim else None))(z, betas)
+    outputs = _batched(model.decode, z, _betas_per_example(model, beta, x.shape[0]))
     return Posterior(mu, logvar, z, outputs)
 
 

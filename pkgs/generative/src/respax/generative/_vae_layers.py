@@ -26,25 +26,45 @@ def _check_gate_kind(gate) -> None:
         raise ValueError(f"`gate` must be None, 'sigmoid' or 'sqrt_relu', got {gate!r}.")
 
 
-def _check_shape(name: str, shape, ndim: int | None = None) -> tuple[int, ...]:
+def _ints(name: str, values, what: str) -> tuple[int, ...]:
     try:
-        shape = tuple(int(s) for s in shape)
+        return tuple(int(v) for v in values)
     except TypeError:
-        raise TypeError(f"`{name}` must be a tuple of ints, got {shape!r}.") from None
-    if not shape or any(s < 1 for s in shape) or (ndim is not None and len(shape) != ndim):
+        raise TypeError(f"`{name}` must be {what} of ints, got {values!r}.") from None
+
+
+def _check_shape(name: str, shape, ndim: int | None = None) -> tuple[int, ...]:
+    ints = _ints(name, shape, "a tuple")
+    if not ints or any(s < 1 for s in ints) or (ndim is not None and len(ints) != ndim):
         want = f"{ndim} positive ints" if ndim is not None else "positive ints"
         raise ValueError(f"`{name}` must be a tuple of {want}, got {shape!r}.")
-    return shape
+    return ints
 
 
 def _check_sizes(name: str, sizes) -> tuple[int, ...]:
-    try:
-        sizes = tuple(int(s) for s in sizes)
-    except TypeError:
-        raise TypeError(f"`{name}` must be a sequence of ints, got {sizes!r}.") from None
-    if any(s < 1 for s in sizes):
-        raise ValueError(f"`{name}` must hold positive ints, got {sizes!r}.")
-    return sizes
+    ints = _ints(name, sizes, "a sequence")
+    if any(s < 1 for s in ints):
+        raise ValueError(f"`{name}` must hold positive ints, got {ints!r}.")
+    return ints
+
+
+def _check_block_args(gate, shape_name: str, shape, latent_size, ndim=None):
+    """The checks every encoder/decoder starts with: gate kind, data shape, latent size."""
+    _check_gate_kind(gate)
+    shape = _check_shape(shape_name, shape, ndim=ndim)
+    return shape, _check_sizes("latent_size", (latent_size,))[0]
+
+
+def _check_conv_args(gate, shape_name: str, shape, latent_size, channels, what: str):
+    """`_check_block_args` for channels-first images, plus the channel widths; and the
+    resolutions `(hs, ws)` the encoder's convolutions pass through (the decoder's, reversed)."""
+    shape, latent_size = _check_block_args(gate, shape_name, shape, latent_size, ndim=3)
+    channels = _check_sizes("channels", channels)
+    if not channels:
+        raise ValueError(f"`channels` must name at least one {what}.")
+    kernels = _encoder_kernels(len(channels))
+    sizes = (_down_sizes(shape[1], kernels), _down_sizes(shape[2], kernels))
+    return shape, latent_size, channels, kernels, sizes
 
 
 class Gate(eqx.Module):
@@ -106,6 +126,27 @@ def _apply(layer, gate: Gate | None, x, u):
             "call it through MultiRateVAE.encode/decode with a `beta`."
         )
     return gate(h, u)
+
+
+def _dense_stack(sizes: tuple[int, ...], gate, dtype, keys):
+    """Linear layers `sizes[i] -> sizes[i + 1]` and their gates (None when `gate` is None)."""
+    layers = tuple(
+        eqx.nn.Linear(i, o, dtype=dtype, key=k)
+        for i, o, k in zip(sizes[:-1], sizes[1:], keys, strict=False)
+    )
+    return layers, tuple(_gate_or_none(o, gate, dtype) for o in sizes[1:])
+
+
+def _heads(width: int, latent_size: int, dtype, keys):
+    """The ungated linear μ and log σ² heads (from the last two of `keys`)."""
+    return tuple(eqx.nn.Linear(width, latent_size, dtype=dtype, key=k) for k in keys[-2:])
+
+
+def _relu_stack(layers, gates, h, u):
+    """`h -> relu(gated(layer(h)))` through every layer."""
+    for layer, gate in zip(layers, gates, strict=True):
+        h = jax.nn.relu(_apply(layer, gate, h, u))
+    return h
 
 
 class ResidualBlock(eqx.Module):
@@ -171,26 +212,19 @@ class MLPEncoder(eqx.Module):
         dtype=None,
         key: PRNGKeyArray,
     ):
-        _check_gate_kind(gate)
-        self.input_shape = _check_shape("input_shape", input_shape)
+        self.input_shape, self.latent_size = _check_block_args(
+            gate, "input_shape", input_shape, latent_size
+        )
         hidden_sizes = _check_sizes("hidden_sizes", hidden_sizes)
-        self.latent_size = _check_sizes("latent_size", (latent_size,))[0]
         keys = jax.random.split(key, len(hidden_sizes) + 2)
         sizes = (math.prod(self.input_shape),) + hidden_sizes
-        self.layers = tuple(
-            eqx.nn.Linear(i, o, dtype=dtype, key=k)
-            for i, o, k in zip(sizes[:-1], sizes[1:], keys, strict=False)
-        )
-        self.gates = tuple(_gate_or_none(o, gate, dtype) for o in hidden_sizes)
-        self.mean_head = eqx.nn.Linear(sizes[-1], latent_size, dtype=dtype, key=keys[-2])
-        self.logvar_head = eqx.nn.Linear(sizes[-1], latent_size, dtype=dtype, key=keys[-1])
+        self.layers, self.gates = _dense_stack(sizes, gate, dtype, keys)
+        self.mean_head, self.logvar_head = _heads(sizes[-1], latent_size, dtype, keys)
 
     def __call__(
         self, x: Float[Array, "..."], u: Float[Array, ""] | None = None
     ) -> tuple[Float[Array, " latent"], Float[Array, " latent"]]:
-        h = jnp.reshape(x, (-1,))
-        for layer, gate in zip(self.layers, self.gates, strict=True):
-            h = jax.nn.relu(_apply(layer, gate, h, u))
+        h = _relu_stack(self.layers, self.gates, jnp.reshape(x, (-1,)), u)
         return self.mean_head(h), self.logvar_head(h)
 
 
@@ -222,25 +256,19 @@ class MLPDecoder(eqx.Module):
         dtype=None,
         key: PRNGKeyArray,
     ):
-        _check_gate_kind(gate)
-        self.output_shape = _check_shape("output_shape", output_shape)
+        self.output_shape, self.latent_size = _check_block_args(
+            gate, "output_shape", output_shape, latent_size
+        )
         hidden_sizes = _check_sizes("hidden_sizes", hidden_sizes)
-        self.latent_size = _check_sizes("latent_size", (latent_size,))[0]
         keys = jax.random.split(key, len(hidden_sizes) + 1)
         sizes = (latent_size,) + hidden_sizes
-        self.layers = tuple(
-            eqx.nn.Linear(i, o, dtype=dtype, key=k)
-            for i, o, k in zip(sizes[:-1], sizes[1:], keys, strict=False)
-        )
-        self.gates = tuple(_gate_or_none(o, gate, dtype) for o in hidden_sizes)
+        self.layers, self.gates = _dense_stack(sizes, gate, dtype, keys)
         self.output_layer = eqx.nn.Linear(
             sizes[-1], math.prod(self.output_shape), dtype=dtype, key=keys[-1]
         )
 
     def __call__(self, z: Float[Array, " latent"], u: Float[Array, ""] | None = None) -> Array:
-        h = z
-        for layer, gate in zip(self.layers, self.gates, strict=True):
-            h = jax.nn.relu(_apply(layer, gate, h, u))
+        h = _relu_stack(self.layers, self.gates, z, u)
         return jnp.reshape(self.output_layer(h), self.output_shape)
 
 
@@ -302,19 +330,13 @@ class ConvEncoder(eqx.Module):
         dtype=None,
         key: PRNGKeyArray,
     ):
-        _check_gate_kind(gate)
-        self.input_shape = _check_shape("input_shape", input_shape, ndim=3)
-        channels = _check_sizes("channels", channels)
-        if not channels:
-            raise ValueError("`channels` must name at least one convolution.")
-        self.latent_size = _check_sizes("latent_size", (latent_size,))[0]
-        kernels = _encoder_kernels(len(channels))
-        c, h, w = self.input_shape
-        hs, ws = _down_sizes(h, kernels), _down_sizes(w, kernels)
+        self.input_shape, self.latent_size, channels, kernels, (hs, ws) = _check_conv_args(
+            gate, "input_shape", input_shape, latent_size, channels, "convolution"
+        )
         if hs[-1] < 1 or ws[-1] < 1:
             raise ValueError(f"`input_shape` {input_shape} is too small for {len(channels)} convs.")
         keys = jax.random.split(key, len(channels) + num_residual_blocks + 2)
-        ins = (c,) + channels[:-1]
+        ins = (self.input_shape[0],) + channels[:-1]
         self.convs = tuple(
             eqx.nn.Conv2d(i, o, k, stride=2, padding=1, dtype=dtype, key=kk)
             for i, o, k, kk in zip(ins, channels, kernels, keys, strict=False)
@@ -325,15 +347,12 @@ class ConvEncoder(eqx.Module):
             for k in keys[len(channels) : len(channels) + num_residual_blocks]
         )
         flat = channels[-1] * hs[-1] * ws[-1]
-        self.mean_head = eqx.nn.Linear(flat, latent_size, dtype=dtype, key=keys[-2])
-        self.logvar_head = eqx.nn.Linear(flat, latent_size, dtype=dtype, key=keys[-1])
+        self.mean_head, self.logvar_head = _heads(flat, latent_size, dtype, keys)
 
     def __call__(
         self, x: Float[Array, "c h w"], u: Float[Array, ""] | None = None
     ) -> tuple[Float[Array, " latent"], Float[Array, " latent"]]:
-        h = x
-        for conv, gate in zip(self.convs, self.gates, strict=True):
-            h = jax.nn.relu(_apply(conv, gate, h, u))
+        h = _relu_stack(self.convs, self.gates, x, u)
         for block in self.blocks:
             h = block(h, u)
         h = jnp.reshape(jax.nn.relu(h) if self.blocks else h, (-1,))
@@ -377,15 +396,9 @@ class ConvDecoder(eqx.Module):
         dtype=None,
         key: PRNGKeyArray,
     ):
-        _check_gate_kind(gate)
-        self.output_shape = _check_shape("output_shape", output_shape, ndim=3)
-        channels = _check_sizes("channels", channels)
-        if not channels:
-            raise ValueError("`channels` must name at least one feature map.")
-        self.latent_size = _check_sizes("latent_size", (latent_size,))[0]
-        c, h, w = self.output_shape
-        kernels = _encoder_kernels(len(channels))
-        hs, ws = _down_sizes(h, kernels), _down_sizes(w, kernels)
+        self.output_shape, self.latent_size, channels, _, (hs, ws) = _check_conv_args(
+            gate, "output_shape", output_shape, latent_size, channels, "feature map"
+        )
         self.stem_shape = (channels[0], hs[-1], ws[-1])
         keys = jax.random.split(key, len(channels) + num_residual_blocks + 1)
         self.stem = eqx.nn.Linear(latent_size, math.prod(self.stem_shape), dtype=dtype, key=keys[0])
@@ -393,7 +406,7 @@ class ConvDecoder(eqx.Module):
             ResidualBlock(channels[0], residual_channels, gate=gate, dtype=dtype, key=k)
             for k in keys[1 : 1 + num_residual_blocks]
         )
-        outs = channels[1:] + (c,)
+        outs = channels[1:] + (self.output_shape[0],)
         convs = []
         for j, (i, o) in enumerate(zip(channels, outs, strict=True)):
             src_h, dst_h = hs[-1 - j], hs[-2 - j]
