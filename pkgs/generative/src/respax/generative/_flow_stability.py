@@ -7,14 +7,13 @@ Choices the exploding-inverses authors' code makes implicitly are arguments here
 no parameter gradient outside their memory-saving path (`differentiate_inverse=False`).
 """
 
-import functools
-
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._flow import Flow
+from ._flow_scan import ScannedBlocks
 
 
 def reconstruction_error(flow: Flow, x, context=None) -> Float[Array, " batch"]:
@@ -121,6 +120,13 @@ def memory_saving_forward(flow: Flow, x):
     explodes, the rebuilt activations (hence the gradients) are wrong — which is the point of the
     diagnostic. Unconditional flows only.
 
+    Memory: the backward pass holds one block's activations at a time. Each block's rebuilt
+    input is tied to the cotangent flowing out of the block above by an optimization barrier
+    (without it XLA hoists the whole inverse chain ahead of the first vjp and keeps every
+    rebuilt input alive: temp memory grew 2.5x from depth 8 to 32). A `ScannedBlocks` block is
+    rebuilt layer by layer inside one reverse `lax.scan`; other composite blocks (`Chain`) are
+    rebuilt as one unit, storing their inner activations during their own vjp.
+
     Example:
         >>> import jax, jax.numpy as jnp
         >>> from respax.generative import AdditiveCoupling, Flow, StandardNormal
@@ -128,13 +134,10 @@ def memory_saving_forward(flow: Flow, x):
         >>> memory_saving_forward(flow, jnp.ones((3, 2)))[0].shape
         (3, 2)
     """
-    params, static = eqx.partition(flow.blocks, eqx.is_inexact_array)
-    return _memsave(static, params, x)
+    return _memsave((flow.blocks, x))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _memsave(static, params, x):
-    blocks = eqx.combine(params, static)
+def _forward_batch(blocks, x):
     ld = jnp.zeros(x.shape[0], x.dtype)
     for b in blocks:
         x, l_ = jax.vmap(b.forward_and_log_det)(x)
@@ -142,31 +145,56 @@ def _memsave(static, params, x):
     return x, ld
 
 
-def _memsave_fwd(static, params, x):
-    out = _memsave(static, params, x)
-    return out, (params, out[0])
+@eqx.filter_custom_vjp
+def _memsave(blocks_and_x):
+    return _forward_batch(*blocks_and_x)
 
 
-def _memsave_bwd(static, residuals, cotangents):
-    params, z = residuals
+@_memsave.def_fwd
+def _memsave_fwd(perturbed, blocks_and_x):
+    out = _forward_batch(*blocks_and_x)
+    return out, out[0]
+
+
+def _block_back(block, z, gz, gld):
+    """Rebuild `block`'s input from its output `z` and pull the cotangents through it."""
+    x_prev = jax.lax.stop_gradient(jax.vmap(block.inverse_and_log_det)(z)[0])
+    params, static = eqx.partition(block, eqx.is_inexact_array)
+
+    def fwd(p, v):
+        return jax.vmap(eqx.combine(p, static).forward_and_log_det)(v)
+
+    _, vjp = jax.vjp(fwd, params, x_prev)
+    gp, gx = vjp((gz, gld))
+    return gp, x_prev, gx
+
+
+def _scanned_back(block: ScannedBlocks, z, gz, gld):
+    arrays, static = eqx.partition(block, eqx.is_array)
+
+    def body(carry, a_i):
+        z, gz = carry
+        gp, x_prev, gx = _block_back(eqx.combine(a_i, static).stacked, z, gz, gld)
+        return (x_prev, gx), gp
+
+    (z, gz), gps = jax.lax.scan(body, (z, gz), arrays, reverse=True)
+    return eqx.tree_at(lambda m: m.stacked, block, gps), z, gz
+
+
+@_memsave.def_bwd
+def _memsave_bwd(z, cotangents, perturbed, blocks_and_x):
+    blocks, x = blocks_and_x
     gz, gld = cotangents
+    gz = jnp.zeros_like(z) if gz is None else gz
+    gld = jnp.zeros(z.shape[0], z.dtype) if gld is None else gld
     grads = []
-    for i in reversed(range(len(params))):
-        p_i, s_i = params[i], static[i]
-        block = eqx.combine(p_i, s_i)
-        x_prev = jax.lax.stop_gradient(jax.vmap(block.inverse_and_log_det)(z)[0])
-
-        def fwd(p, v, s_i=s_i):
-            return jax.vmap(eqx.combine(p, s_i).forward_and_log_det)(v)
-
-        _, vjp = jax.vjp(fwd, p_i, x_prev)
-        gp, gz = vjp((gz, gld))
+    for block in reversed(blocks):
+        back = _scanned_back if isinstance(block, ScannedBlocks) else _block_back
+        gp, z, gz = back(block, z, gz, gld)
+        # The next block's inversion may start only once this block's vjp is done.
+        z, gz = jax.lax.optimization_barrier((z, gz))
         grads.append(gp)
-        z = x_prev
     return tuple(reversed(grads)), gz
-
-
-_memsave.defvjp(_memsave_fwd, _memsave_bwd)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float, PRNGKeyArray
+from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 
 def _check_shape(name: str, x, shape: tuple[int, ...]) -> None:
@@ -445,8 +445,28 @@ class LUConv1x1(InvertibleBlock):
         return s[0], 1.0 / s[-1]
 
 
+@jax.custom_jvp
+def _permute_last(x, perm):
+    """`x[..., perm]`; its derivative is a product with the one-hot matrix of `perm`, so that
+    reverse mode transposes it into another matrix product instead of JAX's scatter-add for a
+    gather (every scatter needs its own zero buffer and XLA allocated all of them up front: one
+    activation per layer in the backward pass of memory-saving backprop)."""
+    return x[..., perm]
+
+
+@_permute_last.defjvp
+def _permute_last_jvp(primals, tangents):
+    x, perm = primals
+    c = x.shape[-1]
+    one_hot = (jnp.arange(c)[:, None] == perm[None, :]).astype(x.dtype)  # (t @ P)_j = t_perm[j]
+    return x[..., perm], tangents[0] @ one_hot
+
+
 class Permute(InvertibleBlock):
     """A fixed permutation of the last axis (default: reversal, Glow's "reverse"); log|det| = 0.
+
+    The permutation is stored as an integer array (not a static field), so that flows whose
+    layers use different permutations can be stacked and scanned (`ScannedBlocks`).
 
     Example:
         >>> import jax.numpy as jnp
@@ -454,28 +474,29 @@ class Permute(InvertibleBlock):
         Array([2., 1., 0.], dtype=float32)
     """
 
-    permutation: tuple[int, ...] = eqx.field(static=True)
+    permutation: Int[Array, " c"]
+    inverse_permutation: Int[Array, " c"]
     event_shape: tuple[int, ...] = eqx.field(static=True)
 
     def __init__(self, event_shape, permutation=None):
         event_shape = tuple(event_shape)
         c = event_shape[-1]
-        perm = tuple(range(c))[::-1] if permutation is None else tuple(int(i) for i in permutation)
-        if sorted(perm) != list(range(c)):
-            raise ValueError(f"`permutation` must be a permutation of range({c}), got {perm}.")
-        self.permutation = perm
+        perm = np.arange(c)[::-1] if permutation is None else np.asarray(permutation).ravel()
+        if perm.shape != (c,) or sorted(perm.tolist()) != list(range(c)):
+            raise ValueError(
+                f"`permutation` must be a permutation of range({c}), got {perm.tolist()}."
+            )
+        self.permutation = jnp.asarray(perm, jnp.int32)
+        self.inverse_permutation = jnp.asarray(np.argsort(perm), jnp.int32)
         self.event_shape = event_shape
 
     def forward_and_log_det(self, x, context=None):
         _check_shape("x", x, self.event_shape)
-        return x[..., jnp.asarray(self.permutation)], jnp.zeros((), x.dtype)
+        return _permute_last(x, self.permutation), jnp.zeros((), x.dtype)
 
     def inverse_and_log_det(self, y, context=None):
         _check_shape("y", y, self.event_shape)
-        inv = [0] * len(self.permutation)
-        for i, p in enumerate(self.permutation):
-            inv[p] = i
-        return y[..., jnp.asarray(inv)], jnp.zeros((), y.dtype)
+        return _permute_last(y, self.inverse_permutation), jnp.zeros((), y.dtype)
 
     def lipschitz_bound(self):
         return 1.0, 1.0
