@@ -1,5 +1,21 @@
-"""The compiled search core (numba, nopython): watched-literal unit propagation, component
-decomposition of the residual formula, an exact component cache and VSADS branching.
+"""The compiled search core (numba, nopython): watched-literal unit propagation, 1-UIP clause
+learning, component decomposition of the residual formula, an exact component cache and VSADS
+branching.
+
+Clause learning (sharpSAT-style, see `branch`): a conflict right after a branch literal is
+assigned at decision level d is analysed to its first unique implication point; the learned
+clause goes into the clause database (with watches, so it propagates everywhere afterwards) but
+never into a component: components and cache keys are built from the original clauses only
+(`vocc`). After the conflict the search moves to the other branch of the same variable
+(chronological within the component) and first asserts the learned clause's UIP literal, which
+is unit there. Learned clauses are implied by the formula, so they cannot change a count, with
+one exception known from Cachet (Sang et al. 2004): while a component is counted, another
+still-open component may be unsatisfiable, and then clauses learned from it can make the first
+component's count too small. The product at that branch is then 0 anyway; `cache_invalidate`
+removes every cache entry stored since the branch began (only there could such a wrong count
+have been stored), so the cache only keeps counts that were computed while all open components
+were satisfiable. Learned clauses are kept for the whole run (no deletion); when their pool is
+full, learning stops.
 
 Counts inside the core are arbitrary-precision unsigned integers stored as little-endian
 32-bit limbs in `uint64` arrays of fixed length `L = num_vars // 32 + 2` (a count never exceeds
@@ -23,7 +39,8 @@ from numba import types as nbt
 # ---- counters kept in one int64 array (`ctr`) --------------------------------------------------
 TRAIL, QHEAD, STAMP, DECISIONS, CONFLICTS, HITS, STORES, ABORT = range(8)
 ENTRIES, KEY_USED, CNT_USED, MAX_DEC, DEADLINE, CLEARS, LIMBS, PROPS = range(8, 16)
-NCTR = 16
+NCL, LIT_USED, M_ORIG, DLEVEL, LEARNED, TOMBS, INVALIDATED, SEEN = range(16, 24)
+NCTR = 24
 ABORT_DECISIONS, ABORT_TIME = 1, 2
 
 # libc's clock_gettime as an external symbol (resolved by name when the code is loaded, so the
@@ -60,14 +77,19 @@ def _njit(fn):
 class State(typing.NamedTuple):
     """All mutable search state (arrays only, so numba can take it as one argument)."""
 
-    cl_lits: np.ndarray  # int32, clause literals; positions 0 and 1 are the watched ones
-    cl_start: np.ndarray  # int64 (m+1)
+    cl_lits: np.ndarray  # int32 literal pool: original clauses, then learned ones; positions 0
+    # and 1 of a clause are its watched literals (a learned unit clause has no watches)
+    cl_start: np.ndarray  # int64 (m + max learned + 1); clause c is cl_lits[cl_start[c]:[c+1]]
     vocc_start: np.ndarray  # int64 (n+1)
-    vocc: np.ndarray  # int32: clauses containing each variable
-    w_start: np.ndarray  # int64 (2n+1)
-    w_len: np.ndarray  # int64 (2n)
-    w_cls: np.ndarray  # int32
+    vocc: np.ndarray  # int32: original clauses containing each variable
+    w_head: np.ndarray  # int32 (2n): first watch node of each literal, -1 none
+    w_next: np.ndarray  # int32 (2 * clauses): node 2c / 2c+1 are clause c's two watches
     val: np.ndarray  # int8 (n): -1 unassigned, 0 false, 1 true
+    level: np.ndarray  # int32 (n): decision level of the assignment
+    reason: np.ndarray  # int32 (n): implying clause, -1 for a branch literal / root unit
+    tpos: np.ndarray  # int32 (n): trail position of the assignment
+    seen: np.ndarray  # int64 (n): conflict-analysis marks (== ctr[SEEN])
+    lbuf: np.ndarray  # int32 (n): the clause being learned
     trail: np.ndarray  # int32 (n)
     act: np.ndarray  # float64 (2n) literal activities
     bias: np.ndarray  # float64 (n) added to the VSADS score (TD penalty; 0 for VSADS)
@@ -79,6 +101,7 @@ class State(typing.NamedTuple):
     tab_off: np.ndarray  # int64 (T) key offset or -1
     tab_cnt: np.ndarray  # int64 (T) count offset
     tab_hash: np.ndarray  # uint64 (T)
+    tab_order: np.ndarray  # int64 (T): table slot of the e-th entry since the last clear
     keys: np.ndarray  # int32 key pool
     cnts: np.ndarray  # uint64 count pool
     clock: np.ndarray  # int64 (2) timespec buffer
@@ -151,10 +174,15 @@ def lit_value(st, lit):
 
 
 @_njit
-def assign(st, lit):
-    st.val[lit >> 1] = 1 - (lit & 1)
-    st.trail[st.ctr[TRAIL]] = lit
-    st.ctr[TRAIL] += 1
+def assign(st, lit, reason):
+    v = lit >> 1
+    st.val[v] = 1 - (lit & 1)
+    st.level[v] = st.ctr[DLEVEL]
+    st.reason[v] = reason
+    t = st.ctr[TRAIL]
+    st.tpos[v] = t
+    st.trail[t] = lit
+    st.ctr[TRAIL] = t + 1
 
 
 @_njit
@@ -166,29 +194,48 @@ def backtrack(st, mark):
 
 
 @_njit
+def watch(st, c):
+    """Put clause c's two watch nodes on the lists of its literals at positions 0 and 1."""
+    s = st.cl_start[c]
+    for pos in range(2):
+        lit = st.cl_lits[s + pos]
+        node = 2 * c + pos
+        st.w_next[node] = st.w_head[lit]
+        st.w_head[lit] = node
+
+
+@_njit
+def init_watches(st):
+    st.w_head[:] = -1
+    for c in range(st.ctr[NCL]):
+        watch(st, c)
+
+
+@_njit
 def propagate(st):
-    """Unit propagation over the trail with two watched literals; the conflict clause or -1."""
+    """Unit propagation over the trail with two watched literals (linked watch lists, original
+    and learned clauses alike); the conflict clause or -1."""
     cl, cs = st.cl_lits, st.cl_start
+    wh, wn = st.w_head, st.w_next
     while st.ctr[QHEAD] < st.ctr[TRAIL]:
         p = st.trail[st.ctr[QHEAD]]
         st.ctr[QHEAD] += 1
         st.ctr[PROPS] += 1
         fl = p ^ 1
-        base = st.w_start[fl]
-        end = base + st.w_len[fl]
-        i = base
-        j = base
-        while i < end:
-            c = st.w_cls[i]
-            i += 1
+        prev = -1
+        node = wh[fl]
+        while node >= 0:
+            nxt = wn[node]
+            c = node >> 1
             s = cs[c]
             if cl[s] == fl:
                 cl[s] = cl[s + 1]
                 cl[s + 1] = fl
             first = cl[s]
-            if lit_value(st, first) == 1:
-                st.w_cls[j] = c
-                j += 1
+            fv = lit_value(st, first)
+            if fv == 1:
+                prev = node
+                node = nxt
                 continue
             found = False
             for k in range(s + 2, cs[c + 1]):
@@ -196,25 +243,141 @@ def propagate(st):
                 if lit_value(st, lk) != 0:
                     cl[s + 1] = lk
                     cl[k] = fl
-                    st.w_cls[st.w_start[lk] + st.w_len[lk]] = c
-                    st.w_len[lk] += 1
+                    if prev < 0:
+                        wh[fl] = nxt
+                    else:
+                        wn[prev] = nxt
+                    wn[node] = wh[lk]
+                    wh[lk] = node
                     found = True
                     break
             if found:
+                node = nxt
                 continue
-            st.w_cls[j] = c
-            j += 1
-            if lit_value(st, first) == 0:
-                while i < end:
-                    st.w_cls[j] = st.w_cls[i]
-                    j += 1
-                    i += 1
-                st.w_len[fl] = j - base
+            if fv == 0:
                 st.ctr[QHEAD] = st.ctr[TRAIL]
                 return c
-            assign(st, first)
-        st.w_len[fl] = j - base
+            assign(st, first, c)
+            prev = node
+            node = nxt
     return -1
+
+
+# ---- clause learning --------------------------------------------------------------------------
+@_njit
+def analyze(st, conf, d):
+    """First-UIP conflict analysis at decision level d: writes the learned clause to `st.lbuf`
+    (position 0: the negated UIP, false now) and returns its length, or 0 when the conflict has
+    no literal of level d. Bumps the activity of the clause's literals (sharpSAT's VSADS)."""
+    cl, cs = st.cl_lits, st.cl_start
+    st.ctr[SEEN] += 1
+    mark = st.ctr[SEEN]
+    buf = st.lbuf
+    nout = 1
+    pathc = 0
+    idx = st.ctr[TRAIL] - 1
+    c = conf
+    pv = -1
+    p = -1
+    while True:
+        for k in range(cs[c], cs[c + 1]):
+            q = cl[k]
+            v = q >> 1
+            if v == pv or st.seen[v] == mark or st.level[v] == 0:
+                continue
+            st.seen[v] = mark
+            if st.level[v] == d:
+                pathc += 1
+            else:
+                buf[nout] = q
+                nout += 1
+        if pathc == 0:
+            return 0
+        while st.seen[st.trail[idx] >> 1] != mark:
+            idx -= 1
+        p = st.trail[idx]
+        idx -= 1
+        pv = p >> 1
+        st.seen[pv] = 0
+        pathc -= 1
+        if pathc == 0:
+            break
+        c = st.reason[pv]
+        if c < 0:  # cannot happen (only the branch literal lacks a reason, and it comes last)
+            return 0
+    buf[0] = p ^ 1
+    for i in range(nout):
+        st.act[buf[i]] += 1.0
+    return nout
+
+
+@_njit
+def add_learned(st, n):
+    """Store `st.lbuf[:n]` as a clause (watching position 0 and the latest-assigned other
+    literal); its id, or -1 when the learned-clause pool is full."""
+    c = st.ctr[NCL]
+    s = st.ctr[LIT_USED]
+    if c + 1 >= st.cl_start.size or s + n > st.cl_lits.size:
+        return -1
+    for i in range(n):
+        st.cl_lits[s + i] = st.lbuf[i]
+    best = 1
+    for i in range(2, n):
+        if st.tpos[st.cl_lits[s + i] >> 1] > st.tpos[st.cl_lits[s + best] >> 1]:
+            best = i
+    if n >= 2:
+        t = st.cl_lits[s + 1]
+        st.cl_lits[s + 1] = st.cl_lits[s + best]
+        st.cl_lits[s + best] = t
+    st.cl_start[c + 1] = s + n
+    st.ctr[NCL] = c + 1
+    st.ctr[LIT_USED] = s + n
+    st.ctr[LEARNED] += 1
+    if n >= 2:
+        watch(st, c)
+    return c
+
+
+@_njit
+def branch(st, lit, learned, d):
+    """Enter one branch of a decision at level d: returns (no conflict, learned clause id).
+
+    With `learned >= 0` (the clause learned in the other branch of this variable), its first
+    literal is asserted first when it is unit (labelled level d - 1: it does not depend on this
+    level's branch literal). Then `lit` is assigned at level d (unless the assertion already
+    decided it) and propagated; a conflict is analysed and its 1-UIP clause stored (id returned,
+    -1 when none was learned).
+    """
+    if learned >= 0:
+        s, e = st.cl_start[learned], st.cl_start[learned + 1]
+        a = st.cl_lits[s]
+        unit = lit_value(st, a) < 0
+        for k in range(s + 1, e):
+            if lit_value(st, st.cl_lits[k]) != 0:
+                unit = False
+                break
+        if unit:
+            st.ctr[DLEVEL] = d - 1
+            assign(st, a, learned)
+            conf = propagate(st)
+            st.ctr[DLEVEL] = d
+            if conf >= 0:
+                st.ctr[CONFLICTS] += 1
+                return False, -1
+    v = lit_value(st, lit)
+    if v == 0:
+        return False, -1
+    if v == 1:
+        return True, -1
+    assign(st, lit, -1)
+    conf = propagate(st)
+    if conf < 0:
+        return True, -1
+    st.ctr[CONFLICTS] += 1
+    n = analyze(st, conf, d)
+    if n == 0:
+        return False, -1
+    return False, add_learned(st, n)
 
 
 # ---- components ---------------------------------------------------------------------------------
@@ -298,11 +461,11 @@ def make_key(vars_, clauses):
 
 @_njit
 def cache_lookup(st, key, h):
-    """Index of the table slot holding `key`, or -1."""
+    """Index of the table slot holding `key`, or -1 (-1 marks an empty slot, -2 a removed one)."""
     T = st.tab_off.size
     i = np.int64(h & np.uint64(T - 1))
-    while st.tab_off[i] >= 0:
-        if st.tab_hash[i] == h:
+    while st.tab_off[i] != -1:
+        if st.tab_off[i] >= 0 and st.tab_hash[i] == h:
             off = st.tab_off[i]
             n = st.keys[off]
             if n == key.size:
@@ -332,6 +495,7 @@ def cache_get(st, slot):
 def cache_clear(st):
     st.tab_off[:] = -1
     st.ctr[ENTRIES] = 0
+    st.ctr[TOMBS] = 0
     st.ctr[KEY_USED] = 0
     st.ctr[CNT_USED] = 0
     st.ctr[CLEARS] += 1
@@ -346,7 +510,7 @@ def cache_store(st, key, h, count):
     if key.size + 1 > st.keys.size or u + 1 > st.cnts.size:
         return
     if (
-        2 * (st.ctr[ENTRIES] + 1) > T
+        2 * (st.ctr[ENTRIES] + st.ctr[TOMBS] + 1) > T
         or st.ctr[KEY_USED] + key.size + 1 > st.keys.size
         or st.ctr[CNT_USED] + u + 1 > st.cnts.size
     ):
@@ -354,6 +518,9 @@ def cache_store(st, key, h, count):
     i = np.int64(h & np.uint64(T - 1))
     while st.tab_off[i] >= 0:
         i = (i + 1) & (T - 1)
+    if st.tab_off[i] == -2:
+        st.ctr[TOMBS] -= 1
+    st.tab_order[st.ctr[ENTRIES]] = i
     ko = st.ctr[KEY_USED]
     st.keys[ko] = key.size
     st.keys[ko + 1 : ko + 1 + key.size] = key
@@ -367,6 +534,30 @@ def cache_store(st, key, h, count):
     st.tab_hash[i] = h
     st.ctr[ENTRIES] += 1
     st.ctr[STORES] += 1
+
+
+@_njit
+def cache_mark(st):
+    """(clears, entries) now: where `cache_invalidate` rewinds to."""
+    return st.ctr[CLEARS], st.ctr[ENTRIES]
+
+
+@_njit
+def cache_invalidate(st, clears, entries):
+    """Remove every entry stored since `cache_mark` returned (clears, entries) (all entries when
+    the cache was cleared meanwhile); the pools are append-only, so they are rewound too."""
+    e0 = entries if st.ctr[CLEARS] == clears else 0
+    n = st.ctr[ENTRIES]
+    if e0 >= n:
+        return
+    slot0 = st.tab_order[e0]
+    st.ctr[KEY_USED] = st.tab_off[slot0]
+    st.ctr[CNT_USED] = st.tab_cnt[slot0]
+    for e in range(e0, n):
+        st.tab_off[st.tab_order[e]] = -2
+    st.ctr[TOMBS] += n - e0
+    st.ctr[INVALIDATED] += n - e0
+    st.ctr[ENTRIES] = e0
 
 
 # ---- branching ----------------------------------------------------------------------------------
@@ -444,13 +635,6 @@ def note_decision(st):
     return True
 
 
-@_njit
-def on_conflict(st, c):
-    st.ctr[CONFLICTS] += 1
-    for k in range(st.cl_start[c], st.cl_start[c + 1]):
-        st.act[st.cl_lits[k]] += 1.0
-
-
 # ---- the search ---------------------------------------------------------------------------------
 @_njit
 def count_rec(st, vars_, clauses):
@@ -472,15 +656,17 @@ def count_rec(st, vars_, clauses):
     out_vstart = np.empty(vars_.size + 1, np.int64)
     out_cls = np.empty(clauses.size, np.int32)
     out_cstart = np.empty(vars_.size + 1, np.int64)
+    d = st.ctr[DLEVEL] + 1
+    st.ctr[DLEVEL] = d
+    learned = -1
     for b in range(2):
         lb = lit if b == 0 else lit ^ 1
         mark = st.ctr[TRAIL]
-        assign(st, lb)
-        conf = propagate(st)
-        if conf >= 0:
-            on_conflict(st, conf)
+        ok, learned = branch(st, lb, learned, d)
+        if not ok:
             backtrack(st, mark)
             continue
+        clears, entries = cache_mark(st)
         ncomp, nfree = split(st, vars_, out_vars, out_vstart, out_cls, out_cstart)
         prod = bn_pow2(L, nfree)
         for k in range(ncomp):
@@ -491,13 +677,17 @@ def count_rec(st, vars_, clauses):
             )
             if st.ctr[ABORT] != 0:
                 backtrack(st, mark)
+                st.ctr[DLEVEL] = d - 1
                 return total
             if bn_used(sub) == 0:
                 prod[:] = 0
+                if ncomp > 1:  # counts stored meanwhile may be too small (see the module doc)
+                    cache_invalidate(st, clears, entries)
                 break
             prod = bn_mul(prod, sub)
         bn_add_into(total, prod)
         backtrack(st, mark)
+    st.ctr[DLEVEL] = d - 1
     cache_store(st, key, h, total)
     return total
 
@@ -511,12 +701,12 @@ def root(st, units, n):
         if v == 0:
             return np.zeros(L, np.uint64)
         if v < 0:
-            assign(st, lit)
+            assign(st, lit, -1)
     if propagate(st) >= 0:
         st.ctr[CONFLICTS] += 1
         return np.zeros(L, np.uint64)
     all_vars = np.arange(n).astype(np.int32)
-    m = st.cl_start.size - 1
+    m = st.ctr[M_ORIG]
     out_vars = np.empty(n, np.int32)
     out_vstart = np.empty(n + 1, np.int64)
     out_cls = np.empty(max(m, 1), np.int32)

@@ -31,6 +31,9 @@ class CountInfo:
         policy_calls: calls of a Python branching policy (0 for VSADS / TD).
         seconds: wall-clock of the search (excluding the first-call numba compile, which `count`
             triggers on a 1-variable formula before timing).
+        learned_clauses: 1-UIP clauses learned at conflicts (kept for the whole run).
+        cache_invalidations: cache entries removed because a sibling component turned out
+            unsatisfiable (see `respax.sat._core`).
 
     Example:
         >>> info = count(CNF.from_clauses([[1, 2]]))
@@ -48,6 +51,8 @@ class CountInfo:
     propagations: int
     policy_calls: int
     seconds: float
+    learned_clauses: int = 0
+    cache_invalidations: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,15 +114,12 @@ def _prepare(cnf: CNF, bias, polarity, cache_mb: float):
     vocc_start = np.zeros(n + 1, np.int64)
     vocc_start[1:] = np.cumsum(np.bincount(var_of, minlength=n))
     lit_count = np.bincount(cl_lits, minlength=2 * n).astype(np.int64)
-    w_start = np.zeros(2 * n + 1, np.int64)
-    w_start[1:] = np.cumsum(lit_count)
-    w_cls = np.zeros(max(int(w_start[-1]), 1), np.int32)
-    w_len = np.zeros(2 * n, np.int64)
-    for pos in (0, 1):
-        wl = cl_lits[cl_start[:-1] + pos] if m else np.zeros(0, np.int32)
-        for c, lit in enumerate(wl):
-            w_cls[w_start[lit] + w_len[lit]] = c
-            w_len[lit] += 1
+    # room for learned clauses (np.empty: pages are only touched when used)
+    max_cls = m + _MAX_LEARNED
+    pool = np.empty(cl_lits.size + _LEARNED_LITS, np.int32)
+    pool[: cl_lits.size] = cl_lits
+    starts = np.empty(max_cls + 1, np.int64)
+    starts[: m + 1] = cl_start
     unit_count = np.bincount(np.array(units, np.int64), minlength=2 * n) if units else 0
     act = (lit_count + unit_count).astype(np.float64)
     nbytes = int(cache_mb * 2**20)
@@ -126,15 +128,22 @@ def _prepare(cnf: CNF, bias, polarity, cache_mb: float):
     ctr[core.MAX_DEC] = -1
     ctr[core.DEADLINE] = -1
     ctr[core.LIMBS] = n // 32 + 2
+    ctr[core.NCL] = m
+    ctr[core.M_ORIG] = m
+    ctr[core.LIT_USED] = cl_lits.size
     st = core.State(
-        cl_lits=cl_lits,
-        cl_start=cl_start,
+        cl_lits=pool,
+        cl_start=starts,
         vocc_start=vocc_start,
         vocc=vocc,
-        w_start=w_start,
-        w_len=w_len,
-        w_cls=w_cls,
+        w_head=np.full(max(2 * n, 1), -1, np.int32),
+        w_next=np.empty(2 * max_cls, np.int32),
         val=np.full(n, -1, np.int8),
+        level=np.zeros(n, np.int32),
+        reason=np.full(n, -1, np.int32),
+        tpos=np.zeros(n, np.int32),
+        seen=np.zeros(n, np.int64),
+        lbuf=np.zeros(max(n, 1), np.int32),
         trail=np.zeros(max(n, 1), np.int32),
         act=act,
         bias=np.zeros(n) if bias is None else np.asarray(bias, np.float64).copy(),
@@ -146,11 +155,18 @@ def _prepare(cnf: CNF, bias, polarity, cache_mb: float):
         tab_off=np.full(table, -1, np.int64),
         tab_cnt=np.zeros(table, np.int64),
         tab_hash=np.zeros(table, np.uint64),
+        tab_order=np.zeros(table, np.int64),
         keys=np.empty(max(int(nbytes * 0.6 / 4), 1024), np.int32),
         cnts=np.empty(max(int(nbytes * 0.25 / 8), 1024), np.uint64),
         clock=np.zeros(2, np.int64),
     )
+    core.init_watches(st)
     return st, np.array(units, np.int32), empty
+
+
+#: Capacity for learned clauses per run (clauses, literals); when full, learning stops.
+_MAX_LEARNED = 1 << 18
+_LEARNED_LITS = 1 << 22
 
 
 def _to_int(limbs: np.ndarray) -> int:
@@ -189,9 +205,10 @@ def count(
 ) -> CountInfo:
     """Count the models of `cnf` exactly (#SAT), sharpSAT-style.
 
-    The search (unit propagation with two watched literals, connected components of the residual
-    formula, an exact component cache keyed by the component's variable and clause ids) runs in
-    numba-compiled code. Counts are multi-limb integers inside and a Python int here.
+    The search (unit propagation with two watched literals, 1-UIP clause learning at conflicts,
+    connected components of the residual formula, an exact component cache keyed by the
+    component's variable and original-clause ids) runs in numba-compiled code. Counts are
+    multi-limb integers inside and a Python int here.
 
     Args:
         cnf: the formula.
@@ -267,6 +284,8 @@ def count(
         propagations=int(c[core.PROPS]),
         policy_calls=calls,
         seconds=time.perf_counter() - t0,
+        learned_clauses=int(c[core.LEARNED]),
+        cache_invalidations=int(c[core.INVALIDATED]),
     )
 
 
@@ -297,10 +316,10 @@ class _PolicyDriver:
             if v == 0:
                 return 0
             if v < 0:
-                core.assign(st, lit)
+                core.assign(st, lit, -1)
         if core.propagate(st) >= 0:
             return 0
-        m = st.cl_start.size - 1
+        m = int(st.ctr[core.M_ORIG])
         limit = sys.getrecursionlimit()
         sys.setrecursionlimit(max(limit, 4 * n + 1000))
         try:
@@ -314,6 +333,7 @@ class _PolicyDriver:
         out_vstart = np.empty(vars_.size + 1, np.int64)
         out_cls = np.empty(max(ncls, 1), np.int32)
         out_cstart = np.empty(vars_.size + 1, np.int64)
+        clears, entries = core.cache_mark(st)
         ncomp, nfree = core.split(st, vars_, out_vars, out_vstart, out_cls, out_cstart)
         prod = 1 << int(nfree)
         for k in range(ncomp):
@@ -324,6 +344,8 @@ class _PolicyDriver:
             if st.ctr[core.ABORT]:
                 return 0
             if sub == 0:
+                if ncomp > 1:  # see core: counts stored meanwhile may be too small
+                    core.cache_invalidate(st, clears, entries)
                 return 0
             prod *= sub
         return prod
@@ -342,19 +364,22 @@ class _PolicyDriver:
         if not core.note_decision(st):
             return 0
         total = 0
+        d = int(st.ctr[core.DLEVEL]) + 1
+        st.ctr[core.DLEVEL] = d
+        learned = -1
         for lb in (lit, lit ^ 1):
             mark = int(st.ctr[core.TRAIL])
-            core.assign(st, lb)
-            conf = core.propagate(st)
-            if conf >= 0:
-                core.on_conflict(st, conf)
+            ok, learned = core.branch(st, lb, learned, d)
+            if not ok:
                 core.backtrack(st, mark)
                 continue
             sub = self._children(vars_, clauses.size)
             core.backtrack(st, mark)
             if st.ctr[core.ABORT]:
+                st.ctr[core.DLEVEL] = d - 1
                 return 0
             total += sub
+        st.ctr[core.DLEVEL] = d - 1
         core.cache_store(st, key, h, _to_limbs(total, self.L))
         return total
 
