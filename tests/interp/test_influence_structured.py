@@ -12,7 +12,7 @@ from jax.flatten_util import ravel_pytree
 
 from respax.core import SoftmaxCrossEntropy
 from respax.interp import EKFAC, KFAC, Exact, fit_factors, pairwise_scores
-from respax.interp._influence_layers import LinearBlock
+from respax.interp._influence_layers import LinearBlock, linear_layer_io
 from respax.interp._influence_model import FlatModel
 from respax.interp._strategies import block_ggn_matvec, gather
 
@@ -71,19 +71,22 @@ def test_structured_products_and_blocks_equal_the_dense_ggn():
     ggn = _dense_ggn()
     f = fit_factors(apply, loss, net, train, strategy=EKFAC(refine_iterations=3))
     # The shared layer keeps the generic product; the bias-free and biased linears are
-    # structured; the fitting inputs are kept for the generic block only.
+    # structured (their per-example inputs and pseudo-gradients come from the fitting inputs,
+    # which the factors do not keep).
     assert f.linear[0] is None
     assert f.linear[1] == LinearBlock(1, 4, 9, False)  # plan index 1: `nobias`
     assert all(isinstance(b, LinearBlock) and b.bias for b in f.linear[2:])
-    assert f.inputs is not None and len(f.layer_io) == 3
     model = FlatModel(apply, loss, net)
+    structured = tuple(b for b in f.linear if b is not None)
+    layer_io = linear_layer_io(model, f.ekfac.plan, train[0], structured)
+    assert len(layer_io) == 3
     p = model.num_params
     eye = jnp.eye(p, dtype=jnp.float64)
     products = jax.jit(
         lambda v, d: (
-            block_ggn_matvec(model, train[0], f.block_segments, d, f.linear, f.layer_io)(v),
+            block_ggn_matvec(model, train[0], f.block_segments, d, f.linear, layer_io)(v),
             block_ggn_matvec(
-                model, train[0], f.block_segments, 0.0, f.linear, f.layer_io, jnp.float32
+                model, train[0], f.block_segments, 0.0, f.linear, layer_io, jnp.float32
             )(v),
         )
     )
@@ -160,12 +163,12 @@ def test_layer_io_of_a_plain_mlp_is_all_structured():
     f = fit_factors(
         apply, loss, mlp, (x, jnp.zeros(6, jnp.int32)), strategy=EKFAC(refine_iterations=2)
     )
-    assert f.inputs is None and all(b is not None for b in f.linear)
-    a, g = f.layer_io[0]
+    assert all(b is not None for b in f.linear)
+    model = FlatModel(apply, loss, mlp)
+    a, g = linear_layer_io(model, f.ekfac.plan, x, f.linear)[0]
     # The first layer's inputs are the data; its pseudo-gradients are the bias gradients of
     # the output Hessian square root's columns.
     np.testing.assert_allclose(a, x, rtol=0, atol=0)
-    model = FlatModel(apply, loss, mlp)
     sqrt = jax.vmap(loss.hessian_sqrt)(model.batch_outputs(model.flat, x))  # (n, k, c)
     seg = f.block_segments[0]
     rows = jax.vmap(lambda xi: model.ggn_rows(model.flat, xi))(x)  # (n, c, p)

@@ -31,7 +31,6 @@ from respax.core import OutputLoss, check_positive
 from ._influence_layers import (
     capture_plan,
     linear_blocks,
-    linear_layer_io,
 )
 from ._influence_model import BlockRule, FlatModel, batched_map, block_layout, check_data
 from ._strategies import (
@@ -48,6 +47,7 @@ from ._strategies import (
     LiSSA,
     MatrixFree,
     Strategy,
+    fingerprint,
     gather,
     resolve_key,
     to_segments,
@@ -171,29 +171,19 @@ def _fit_kronecker(apply, output_loss, params, train, strategy, blocks, key, n):
         plan, fit_strategy, params, inputs, targets if strategy.mode == "empirical" else None, key
     )
     segments = tuple(to_segments(i) for i in indices)
-    linear, layer_io, refine_inputs = (), (), None
+    linear, fit_fingerprint = (), None
     if strategy.refine_iterations > 0:
         linear = linear_blocks(params, ek.plan, segments)
-        structured = tuple(b for b in linear if b is not None)
-        if structured:
-            layer_io = _layer_io(apply, output_loss, params, inputs, ek.plan, structured)
-        if any(b is None for b in linear):
-            refine_inputs = inputs
+        fit_fingerprint = jax.jit(fingerprint)(inputs)
     return KroneckerFactors(
         ekfac=ek,
-        inputs=refine_inputs,
-        layer_io=layer_io,
+        fit_fingerprint=fit_fingerprint,
         linear=linear,
         strategy=strategy,
         block_names=names,
         block_segments=segments,
         num_examples=n,
     )
-
-
-@eqx.filter_jit
-def _layer_io(apply, output_loss, params, inputs, plan, blocks):
-    return linear_layer_io(FlatModel(apply, output_loss, params), plan, inputs, blocks)
 
 
 @eqx.filter_jit
@@ -231,6 +221,37 @@ def _check_factors(factors, model: FlatModel):
         )
 
 
+def _fit_inputs(factors: InfluenceFactors, fit_data, default=None):
+    """The fitting inputs the factors' solve needs again (None when it needs none).
+
+    Matrix-free factors keep no copy of the fitting set: the scoring call passes it back
+    (`fit_data`, else `default`, e.g. the scored `train` when it is the fitting set). A wrong
+    number of examples is an error here; other data of the right shape one at run time."""
+    if not factors.needs_fit_inputs():
+        return None
+    data = default if fit_data is None else fit_data
+    name = type(factors.strategy).__name__
+    if data is None:
+        raise ValueError(
+            f"`fit_data` is required with {name}(...) factors: they keep no copy of the "
+            "fitting set; pass the `train` given to fit_factors."
+        )
+    if not (isinstance(data, tuple | list) and len(data) == 2):
+        raise TypeError(
+            "`fit_data` must be the `(inputs, targets)` given to fit_factors, got "
+            f"{type(data).__name__}."
+        )
+    n = jax.tree.leaves(data[0])[0].shape[0]
+    if n != factors.num_examples:
+        where = "`fit_data`" if fit_data is not None else "`train` (used as the fitting set)"
+        raise ValueError(
+            f"{where} has {n} examples, but the {name}(...) factors were fitted on "
+            f"{factors.num_examples}: pass `fit_data=` the `train` given to fit_factors (the "
+            "scored examples may be any others)."
+        )
+    return data[0]
+
+
 def _query_grad_fn(model: FlatModel, measurement: Measurement | None):
     if measurement is None:
         return lambda x, y: model.grad(model.flat, x, y)
@@ -246,6 +267,7 @@ def inverse_curvature_product(
     *,
     damping,
     key: PRNGKeyArray | None = None,
+    fit_data: tuple[Any, Any] | None = None,
 ):
     """`(C + damping I)^{-1} v` for a batch of parameter-space vectors, with the factors' solver.
 
@@ -256,6 +278,9 @@ def inverse_curvature_product(
             axis (e.g. per-example gradients).
         damping: >= 0.
         key: PRNG key for stochastic solvers.
+        fit_data: the `(inputs, targets)` given to `fit_factors`; required by the matrix-free
+            strategies (`MatrixFree`, `LiSSA`, K-FAC / EK-FAC with `refine_iterations`), whose
+            factors keep no copy of the fitting set.
 
     Returns:
         Parameter pytrees like `params` whose arrays have a leading batch axis.
@@ -275,14 +300,15 @@ def inverse_curvature_product(
     _check_factors(factors, model)
     damping = _check_damping(damping)
     key = resolve_key(key, factors.strategy.solve_needs_key(), "the solve", factors.strategy)
-    return _ihvp(factors, apply, output_loss, params, vectors, damping, key)
+    inputs = _fit_inputs(factors, fit_data)
+    return _ihvp(factors, apply, output_loss, params, vectors, damping, key, inputs)
 
 
 @eqx.filter_jit
-def _ihvp(factors, apply, output_loss, params, vectors, damping, key):
+def _ihvp(factors, apply, output_loss, params, vectors, damping, key, fit_inputs):
     model = FlatModel(apply, output_loss, params)
     g = jax.vmap(model.ravel)(vectors)
-    x = factors.precondition(model, g, damping, key)
+    x = factors.precondition(model, g, damping, key, fit_inputs)
     return eqx.filter_vmap(model.unravel)(x)
 
 
@@ -301,6 +327,7 @@ def pairwise_scores(
     measurement: Measurement | None = None,
     batch_size: int | None = None,
     key: PRNGKeyArray | None = None,
+    fit_data: tuple[Any, Any] | None = None,
 ) -> Float[Array, "m n"] | Float[Array, "b m n"]:
     """Influence of every training example on every query: `g_q^T (C + damping I)^{-1} g_t`.
 
@@ -323,6 +350,9 @@ def pairwise_scores(
         measurement: `measurement(outputs, targets) -> scalar` scored instead of the query loss.
         batch_size: training examples per chunk (None: all at once).
         key: PRNG key for stochastic solvers (LiSSA).
+        fit_data: the `(inputs, targets)` given to `fit_factors`, which the matrix-free
+            strategies' solves take again (their factors keep no copy of the data). Default:
+            `train`, when it is the fitting set; pass it when scoring other examples.
 
     Returns:
         Scores of shape (m, n), or (blocks, m, n) with `per_layer`.
@@ -362,6 +392,7 @@ def pairwise_scores(
         measurement,
         batch_size,
         key,
+        _fit_inputs(factors, fit_data, train),
     )
 
 
@@ -388,11 +419,13 @@ def _pairwise(
     measurement,
     batch_size,
     key,
+    fit_inputs,
 ):
     model = FlatModel(apply, output_loss, params)
     gq = batched_map(_query_grad_fn(model, measurement), query, None)
     gq = _finite(gq, "query gradients")
-    pq = _finite(factors.precondition(model, gq, damping, key), "preconditioned query gradients")
+    pq = factors.precondition(model, gq, damping, key, fit_inputs)
+    pq = _finite(pq, "preconditioned query gradients")
     grad_fn = lambda x, y: model.grad(model.flat, x, y).astype(pq.dtype)
     if query_rank is not None and query_rank < min(pq.shape):
         u, s, vt = jnp.linalg.svd(pq, full_matrices=False)
@@ -427,13 +460,14 @@ def self_scores(
     per_layer: bool = False,
     batch_size: int | None = None,
     key: PRNGKeyArray | None = None,
+    fit_data: tuple[Any, Any] | None = None,
 ) -> Float[Array, " n"] | Float[Array, "b n"]:
     """Self-influence `g_t^T (C + damping I)^{-1} g_t` of every training example (a mislabeled
     or atypical example scores high).
 
     Args:
-        factors, apply, output_loss, params, damping, normalize, per_layer, key: as for
-            `pairwise_scores`.
+        factors, apply, output_loss, params, damping, normalize, per_layer, key, fit_data: as
+            for `pairwise_scores`.
         train: `(inputs, targets)` of the examples.
         batch_size: examples per chunk when computing gradients.
 
@@ -457,19 +491,40 @@ def self_scores(
     if batch_size is not None:
         _check_batch_size(batch_size)
     key = resolve_key(key, factors.strategy.solve_needs_key(), "the solve", factors.strategy)
+    inputs = _fit_inputs(factors, fit_data, train)
     return _self(
-        factors, apply, output_loss, params, train, damping, normalize, per_layer, batch_size, key
+        factors,
+        apply,
+        output_loss,
+        params,
+        train,
+        damping,
+        normalize,
+        per_layer,
+        batch_size,
+        key,
+        inputs,
     )
 
 
 @eqx.filter_jit
 def _self(
-    factors, apply, output_loss, params, train, damping, normalize, per_layer, batch_size, key
+    factors,
+    apply,
+    output_loss,
+    params,
+    train,
+    damping,
+    normalize,
+    per_layer,
+    batch_size,
+    key,
+    fit_inputs,
 ):
     model = FlatModel(apply, output_loss, params)
     g = batched_map(lambda x, y: model.grad(model.flat, x, y), train, batch_size)
     g = _finite(g, "training gradients")
-    pg = factors.precondition(model, g, damping, key)
+    pg = factors.precondition(model, g, damping, key, fit_inputs)
     g = g.astype(pg.dtype)
     if per_layer:
         out = jnp.stack(
@@ -483,7 +538,8 @@ def _self(
 
 
 def save_factors(path, factors: InfluenceFactors) -> None:
-    """Save fitted factors (their arrays) with `eqx.tree_serialise_leaves`.
+    """Save fitted factors (their arrays) with `eqx.tree_serialise_leaves`. The factors hold
+    curvature only, never the fitting data.
 
     Example:
         >>> # save_factors("factors.eqx", factors); load_factors("factors.eqx", like=factors)

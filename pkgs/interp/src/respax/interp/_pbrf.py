@@ -34,7 +34,7 @@ from jaxtyping import Array, Float, Int
 
 from respax.core import OutputLoss, check_positive, check_positive_int
 
-from ._influence import _check_factors, fit_factors
+from ._influence import _check_factors, _fit_inputs, fit_factors
 from ._influence_model import FlatModel, check_data
 from ._strategies import Exact, InfluenceFactors, resolve_key
 
@@ -359,11 +359,12 @@ def linearized_pbrf(
         jnp.asarray(damping),
         jnp.asarray(eps),
         key,
+        _fit_inputs(factors, None, train),
     )
 
 
 @eqx.filter_jit
-def _linearized(factors, apply, output_loss, params, train, removed, damping, eps, key):
+def _linearized(factors, apply, output_loss, params, train, removed, damping, eps, key, fit_inputs):
     model = FlatModel(apply, output_loss, params)
     inputs, targets = train
     g = jax.vmap(
@@ -371,7 +372,7 @@ def _linearized(factors, apply, output_loss, params, train, removed, damping, ep
             model.flat, jax.tree.map(lambda a: a[m], inputs), jax.tree.map(lambda a: a[m], targets)
         )
     )(removed)
-    step = factors.precondition(model, g, damping, key).astype(model.flat.dtype)
+    step = factors.precondition(model, g, damping, key, fit_inputs).astype(model.flat.dtype)
     return _unravel_batch(model, model.flat + eps * step)
 
 

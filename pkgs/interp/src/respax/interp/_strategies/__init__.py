@@ -4,7 +4,8 @@ the fitted factors apply `(C + damping I)^{-1}` to rows of gradients.
 Each strategy is a small static configuration, a final subclass of the abstract `Strategy`
 (`Exact`, `Identity`, `Diagonal`, `MatrixFree(linear_solver)`, `LiSSA`, `Arnoldi`, and `KFAC` /
 `EKFAC` under `AbstractKronecker`); `fit_factors` turns it into a factors module holding arrays
-only, whose `precondition(model, g, damping, key)` returns `(C + damping I)^{-1} g` row by row.
+only (never the fitting data), whose `precondition(model, g, damping, key, fit_inputs)` returns
+`(C + damping I)^{-1} g` row by row; the matrix-free ones take the fitting inputs back there.
 `C` is the mean over the training examples of the analytic expected Gauss-Newton matrix
 `J_i^T H_i J_i` (`H_i = S_i S_i^T` from the output loss's `hessian_sqrt`), or the Hessian of the
 mean loss for `Exact(curvature="hessian")`.
@@ -17,6 +18,7 @@ from ._base import (
     Layout as Layout,
     Segments as Segments,
     Strategy as Strategy,
+    fingerprint as fingerprint,
     gather as gather,
     resolve_key as resolve_key,
     scatter as scatter,

@@ -124,11 +124,39 @@ class InfluenceFactors(eqx.Module):
             return self.block_segments
         return (((0, num_params),),)
 
+    def needs_fit_inputs(self) -> bool:
+        """Whether `precondition` needs the fitting inputs again (matrix-free products over the
+        fitting set). The factors keep no copy of the data: the scoring functions take it."""
+        return False
+
     @abc.abstractmethod
     def precondition(
-        self, model: FlatModel, g: Float[Array, "m p"], damping, key: PRNGKeyArray
+        self, model: FlatModel, g: Float[Array, "m p"], damping, key: PRNGKeyArray, fit_inputs
     ) -> Float[Array, "m p"]:
-        """`(C + damping I)^{-1} g` for every row of `g`."""
+        """`(C + damping I)^{-1} g` for every row of `g`; `fit_inputs` are the fitting inputs
+        when `needs_fit_inputs()` (else None)."""
+
+
+def fingerprint(inputs) -> Float[Array, "2"]:
+    """A cheap fingerprint of a data pytree: the sums of its entries and of their squares
+    (float32). It tells the fitting set from other data of the same shape, up to a permutation
+    of the examples (which no mean curvature depends on)."""
+    leaves = [jnp.asarray(a, jnp.float32) for a in jax.tree.leaves(inputs)]
+    return jnp.stack([sum(jnp.sum(a) for a in leaves), sum(jnp.sum(a * a) for a in leaves)])
+
+
+def check_fingerprint(fit_inputs, expected: Float[Array, "2"]):
+    """`fit_inputs`, with a run-time error when their fingerprint is not the fitting set's."""
+    got = fingerprint(fit_inputs)
+    differs = jnp.any(jnp.abs(got - expected) > 1e-4 * (jnp.abs(expected) + 1.0))
+    leaves = jax.tree.leaves(fit_inputs)
+    first = eqx.error_if(
+        leaves[0],
+        differs,
+        "influence: `fit_data` is not the data the factors were fitted on (pass the `train` "
+        "given to fit_factors).",
+    )
+    return jax.tree.unflatten(jax.tree.structure(fit_inputs), [first, *leaves[1:]])
 
 
 def resolve_key(key, needed: bool, where: str, strategy: Strategy):

@@ -61,7 +61,7 @@ class ArnoldiFactors(InfluenceFactors):
     eigenvalues: tuple[Float[Array, "..."], ...]
     eigenvectors: tuple[Float[Array, "..."], ...]
 
-    def precondition(self, model, g, damping, key):
+    def precondition(self, model, g, damping, key, fit_inputs):
         segs = self.curvature_segments(model.num_params)
         out = jnp.zeros_like(g)
         for seg, lam, vecs in zip(segs, self.eigenvalues, self.eigenvectors, strict=True):

@@ -37,7 +37,7 @@ class Diagonal(Strategy):
 class DiagonalFactors(InfluenceFactors):
     diagonal: Float[Array, " p"]
 
-    def precondition(self, model, g, damping, key):
+    def precondition(self, model, g, damping, key, fit_inputs):
         d = self.diagonal + damping
         d = eqx.error_if(
             d, jnp.any(d <= 0), "diagonal influence: a zero curvature entry needs damping > 0."

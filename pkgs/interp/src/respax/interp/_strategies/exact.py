@@ -107,7 +107,7 @@ class ExactFactors(InfluenceFactors):
 
     matrices: tuple[Float[Array, "..."], ...]
 
-    def precondition(self, model, g, damping, key):
+    def precondition(self, model, g, damping, key, fit_inputs):
         segs = self.curvature_segments(model.num_params)
         out = jnp.zeros(g.shape, self.matrices[0].dtype)
         for seg, c in zip(segs, self.matrices, strict=True):

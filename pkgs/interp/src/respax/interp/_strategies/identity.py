@@ -15,5 +15,5 @@ class Identity(Strategy):
 
 
 class IdentityFactors(InfluenceFactors):
-    def precondition(self, model, g, damping, key):
+    def precondition(self, model, g, damping, key, fit_inputs):
         return g / (1.0 + damping)

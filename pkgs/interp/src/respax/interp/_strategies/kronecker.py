@@ -12,9 +12,17 @@ from jaxtyping import Array, Float
 
 from respax.core import CG, linear_solve_with_info
 
-from .._influence_layers import linear_block_matvec
+from .._influence_layers import linear_block_matvec, linear_layer_io
 from .._influence_model import FlatModel
-from ._base import InfluenceFactors, Segments, Strategy, _check_int, gather, scatter
+from ._base import (
+    InfluenceFactors,
+    Segments,
+    Strategy,
+    _check_int,
+    check_fingerprint,
+    gather,
+    scatter,
+)
 
 
 class AbstractKronecker(Strategy):
@@ -95,14 +103,17 @@ class KroneckerFactors(InfluenceFactors):
     eigenvalues are the Kronecker products of the factors' eigenvalues).
 
     With `refine_iterations > 0`: `linear` marks the layout blocks that are one once-used linear
-    layer (static), `layer_io` holds their per-example inputs and pseudo-gradients (structured
-    GGN products, `_influence_layers`), and `inputs` the fitting inputs for every other block's
-    matrix-free products (None when every block is structured)."""
+    layer (static), and `fit_fingerprint` identifies the fitting set, whose inputs the
+    refinement takes again at scoring time: the structured GGN products of the linear blocks
+    use their per-example inputs and pseudo-gradients (`_influence_layers`, recomputed per
+    scoring call), every other block matrix-free products. No copy of the data is kept."""
 
     ekfac: Any
-    inputs: Any = None
-    layer_io: tuple = ()
+    fit_fingerprint: Any = None
     linear: tuple = eqx.field(static=True, default=())
+
+    def needs_fit_inputs(self) -> bool:
+        return self.strategy.refine_iterations > 0
 
     def kronecker_inverse(self, model: FlatModel, g: Float[Array, "m p"], damping):
         def one(row):
@@ -111,19 +122,22 @@ class KroneckerFactors(InfluenceFactors):
 
         return jax.vmap(one)(g)
 
-    def precondition(self, model, g, damping, key):
+    def precondition(self, model, g, damping, key, fit_inputs):
         iterations = self.strategy.refine_iterations
         if iterations == 0:
             return self.kronecker_inverse(model, g, damping)
         dtype = model.flat.dtype
         g = g.astype(dtype)
+        inputs = check_fingerprint(fit_inputs, self.fit_fingerprint)
+        structured = tuple(b for b in self.linear if b is not None)
+        layer_io = linear_layer_io(model, self.ekfac.plan, inputs, structured) if structured else ()
         matvec = block_ggn_matvec(
             model,
-            self.inputs,
+            inputs,
             self.block_segments,
             damping,
             self.linear,
-            self.layer_io,
+            layer_io,
             self.strategy.refine_dtype,
         )
         precond = lambda r: self.kronecker_inverse(model, r, damping)

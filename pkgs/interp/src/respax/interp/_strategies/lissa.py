@@ -6,7 +6,7 @@ import jax.numpy as jnp
 
 from respax.core import lissa
 
-from ._base import Strategy, _check_int
+from ._base import Strategy, _check_int, check_fingerprint
 from .matrix_free import AbstractMatrixFreeFactors, fit_matrix_free
 
 
@@ -50,19 +50,20 @@ class LiSSA(Strategy):
 
 
 class LiSSAFactors(AbstractMatrixFreeFactors):
-    def precondition(self, model, g, damping, key):
+    def precondition(self, model, g, damping, key, fit_inputs):
         s = self.strategy
-        n = jax.tree.leaves(self.inputs)[0].shape[0]
+        inputs = check_fingerprint(fit_inputs, self.fit_fingerprint)
+        n = jax.tree.leaves(inputs)[0].shape[0]
         scale = s.scale if s.scale is not None else s.scale_factor * (self.lambda_max + damping)
 
         if s.batch_size >= n:
             # The whole fitting set every step: deterministic (the Neumann series of C / scale).
             def hvp(batch_idx, v):
-                return self.matvec(model, self.inputs)(v)
+                return self.matvec(model, inputs)(v)
         else:
 
             def hvp(batch_idx, v):
-                batch = jax.tree.map(lambda a: a[batch_idx], self.inputs)
+                batch = jax.tree.map(lambda a: a[batch_idx], inputs)
                 return self.matvec(model, batch)(v)
 
         def sample(k):

@@ -9,7 +9,15 @@ from jaxtyping import Array, Float
 from respax.core import CG, Neumann, as_operator, linear_solve_with_info, power_iteration
 
 from .._influence_model import FlatModel
-from ._base import InfluenceFactors, Strategy, _check_int, gather, scatter
+from ._base import (
+    InfluenceFactors,
+    Strategy,
+    _check_int,
+    check_fingerprint,
+    fingerprint,
+    gather,
+    scatter,
+)
 
 
 class MatrixFree(Strategy):
@@ -66,10 +74,14 @@ class MatrixFree(Strategy):
 
 
 class AbstractMatrixFreeFactors(InfluenceFactors):
-    """Factors of matrix-free strategies: the fitting set and a power-iteration `lambda_max`."""
+    """Factors of matrix-free strategies: a power-iteration `lambda_max` and the fitting set's
+    fingerprint (the products take the fitting inputs at scoring time; no copy is kept)."""
 
-    inputs: object
     lambda_max: Float[Array, ""]
+    fit_fingerprint: Float[Array, "2"]
+
+    def needs_fit_inputs(self) -> bool:
+        return True
 
     def matvec(self, model: FlatModel, inputs):
         flat = model.flat
@@ -88,9 +100,9 @@ class AbstractMatrixFreeFactors(InfluenceFactors):
 
 
 class MatrixFreeFactors(AbstractMatrixFreeFactors):
-    def precondition(self, model, g, damping, key):
+    def precondition(self, model, g, damping, key, fit_inputs):
         s = self.strategy
-        mv = self.matvec(model, self.inputs)
+        mv = self.matvec(model, check_fingerprint(fit_inputs, self.fit_fingerprint))
         scale = self.lambda_max + damping if s.needs_lambda_max else 1.0
         like = jnp.zeros(g.shape[1:], g.dtype)
         operator = as_operator(lambda v: (mv(v) + damping * v) / scale, like)
@@ -102,11 +114,13 @@ class MatrixFreeFactors(AbstractMatrixFreeFactors):
 
 
 def fit_matrix_free(strategy, factors_class, model, inputs, layout, key):
-    """Factors holding the fitting set, with `lambda_max` by power iteration when the strategy
-    needs the operator's scale (a Neumann solver, LiSSA)."""
+    """Factors with the fitting set's fingerprint, and `lambda_max` by power iteration when the
+    strategy needs the operator's scale (a Neumann solver, LiSSA)."""
     dtype = model.flat.dtype
     factors = factors_class(
-        inputs=inputs, lambda_max=jnp.zeros((), dtype), **layout.common(strategy)
+        lambda_max=jnp.zeros((), dtype),
+        fit_fingerprint=fingerprint(inputs),
+        **layout.common(strategy),
     )
     if strategy.fit_needs_key():
         v0 = jnp.zeros((model.num_params,), dtype)
