@@ -96,6 +96,8 @@ def test_bad_arguments():
         count([[1]])
     with pytest.raises(ValueError, match="branching"):
         count(f, branching="nope")
+    with pytest.raises(TypeError, match="probing"):
+        count(f, probing=1)
     with pytest.raises(ValueError, match="max_decisions"):
         count(f, max_decisions=-1)
     with pytest.raises(ValueError, match="variable_bias"):
@@ -138,13 +140,14 @@ def _blocks_formula(rng):
     return CNF.from_clauses(clauses, num_vars=n)
 
 
-@given(st.integers(0, 2**32 - 1), st.sampled_from([64.0, 0.001]))
-@settings(max_examples=60)
-def test_learning_on_joined_blocks_equals_brute_force(seed, cache_mb):
+@given(st.integers(0, 2**32 - 1), st.sampled_from([64.0, 0.001]), st.booleans())
+@settings(max_examples=80)
+def test_learning_on_joined_blocks_equals_brute_force(seed, cache_mb, probing):
     f = _blocks_formula(np.random.default_rng(seed))
-    info = count(f, cache_mb=cache_mb)
+    info = count(f, cache_mb=cache_mb, probing=probing)
     assert info.count == brute_force_count(f)
-    assert info.learned_clauses <= info.conflicts
+    assert info.learned_clauses <= info.conflicts + info.failed_literals
+    assert probing or info.failed_literals == 0
 
 
 @pytest.mark.parametrize("seed", [4, 73, 238])

@@ -40,7 +40,8 @@ from numba import types as nbt
 TRAIL, QHEAD, STAMP, DECISIONS, CONFLICTS, HITS, STORES, ABORT = range(8)
 ENTRIES, KEY_USED, CNT_USED, MAX_DEC, DEADLINE, CLEARS, LIMBS, PROPS = range(8, 16)
 NCL, LIT_USED, M_ORIG, DLEVEL, LEARNED, TOMBS, INVALIDATED, SEEN = range(16, 24)
-NCTR = 24
+PROBE, LSTAMP, FAILED = range(24, 27)
+NCTR = 28
 ABORT_DECISIONS, ABORT_TIME = 1, 2
 
 # libc's clock_gettime as an external symbol (resolved by name when the code is loaded, so the
@@ -90,6 +91,8 @@ class State(typing.NamedTuple):
     tpos: np.ndarray  # int32 (n): trail position of the assignment
     seen: np.ndarray  # int64 (n): conflict-analysis marks (== ctr[SEEN])
     lbuf: np.ndarray  # int32 (n): the clause being learned
+    lstamp: np.ndarray  # int64 (2n): literal marks for the failed-literal candidates
+    tbuf: np.ndarray  # int32 (2n): failed-literal candidates
     trail: np.ndarray  # int32 (n)
     act: np.ndarray  # float64 (2n) literal activities
     bias: np.ndarray  # float64 (n) added to the VSADS score (TD penalty; 0 for VSADS)
@@ -339,15 +342,89 @@ def add_learned(st, n):
 
 
 @_njit
+def implicit_bcp(st, start, d):
+    """sharpSAT's "implicit BCP" (failed-literal probing) after the propagation of level d that
+    began at trail position `start`; the conflict clause at level d or -1.
+
+    Candidates are the negations of the unassigned literals of the unsatisfied original clauses
+    that the new assignments shortened; of those, the 10 + (new assignments)/20 with the highest
+    activity are probed: assigned at level d + 1 and propagated. A conflict there is analysed to
+    a 1-UIP clause, which is stored and whose first literal is then asserted at level d (it is
+    implied there). Repeats while the assertions assign new literals.
+    """
+    cl, cs = st.cl_lits, st.cl_start
+    ofs = start
+    while st.ctr[TRAIL] > ofs:
+        st.ctr[LSTAMP] += 1
+        mark = st.ctr[LSTAMP]
+        nt = 0
+        end = st.ctr[TRAIL]
+        for t in range(ofs, end):
+            v = st.trail[t] >> 1
+            for q in range(st.vocc_start[v], st.vocc_start[v + 1]):
+                c = st.vocc[q]
+                sat = False
+                for k in range(cs[c], cs[c + 1]):
+                    if lit_value(st, cl[k]) == 1:
+                        sat = True
+                        break
+                if sat:
+                    continue
+                for k in range(cs[c], cs[c + 1]):
+                    lk = cl[k]
+                    if st.val[lk >> 1] < 0 and st.lstamp[lk ^ 1] != mark:
+                        st.lstamp[lk ^ 1] = mark
+                        st.tbuf[nt] = lk ^ 1
+                        nt += 1
+        keep = 10 + (end - ofs) // 20
+        ofs = end
+        if nt == 0:
+            break
+        threshold = -1.0
+        if nt > keep:
+            sc = np.empty(nt, np.float64)
+            for i in range(nt):
+                sc[i] = st.act[st.tbuf[i]]
+            threshold = np.sort(sc)[nt - keep]
+        for i in range(nt):
+            t = st.tbuf[i]
+            if st.val[t >> 1] >= 0 or st.act[t] < threshold:
+                continue
+            sz = st.ctr[TRAIL]
+            st.ctr[DLEVEL] = d + 1
+            assign(st, t, -1)
+            conf = propagate(st)
+            n = 0
+            if conf >= 0:
+                n = analyze(st, conf, d + 1)
+            st.ctr[DLEVEL] = d
+            backtrack(st, sz)
+            if conf < 0:
+                continue
+            st.ctr[FAILED] += 1
+            if n == 0:
+                continue
+            c = add_learned(st, n)
+            a = st.lbuf[0]
+            if lit_value(st, a) < 0:
+                assign(st, a, c)
+                conf = propagate(st)
+                if conf >= 0:
+                    return conf
+    return -1
+
+
+@_njit
 def branch(st, lit, learned, d):
     """Enter one branch of a decision at level d: returns (no conflict, learned clause id).
 
     With `learned >= 0` (the clause learned in the other branch of this variable), its first
     literal is asserted first when it is unit (labelled level d - 1: it does not depend on this
     level's branch literal). Then `lit` is assigned at level d (unless the assertion already
-    decided it) and propagated; a conflict is analysed and its 1-UIP clause stored (id returned,
-    -1 when none was learned).
+    decided it) and propagated, followed by `implicit_bcp` when `ctr[PROBE]` is set; a conflict
+    is analysed and its 1-UIP clause stored (id returned, -1 when none was learned).
     """
+    start = st.ctr[TRAIL]
     if learned >= 0:
         s, e = st.cl_start[learned], st.cl_start[learned + 1]
         a = st.cl_lits[s]
@@ -367,10 +444,12 @@ def branch(st, lit, learned, d):
     v = lit_value(st, lit)
     if v == 0:
         return False, -1
-    if v == 1:
-        return True, -1
-    assign(st, lit, -1)
-    conf = propagate(st)
+    conf = -1
+    if v < 0:
+        assign(st, lit, -1)
+        conf = propagate(st)
+    if conf < 0 and st.ctr[PROBE] != 0:
+        conf = implicit_bcp(st, start, d)
     if conf < 0:
         return True, -1
     st.ctr[CONFLICTS] += 1
