@@ -1,10 +1,12 @@
 """What the package tests share: the solver and dtype lists they are parametrized over, and the
 tolerances that follow the dtype (as lineax's and optimistix's `tests/helpers.py`)."""
 
+import equinox as eqx
 import jax.numpy as jnp
 import lineax as lx
 
 from respax.core import CG
+from respax.testing import dense_matrix
 
 DTYPES = (jnp.float32, jnp.float64)
 
@@ -23,3 +25,8 @@ def exact_linear_solvers(dtype=jnp.float64) -> list:
 
 def solver_id(solver) -> str:
     return type(solver).__module__.split(".")[0] + "." + type(solver).__name__
+
+
+# `respax.testing.dense_matrix` as one compiled program per operator (instead of op-by-op
+# dispatch of the vmapped matvec): the dense oracle of the curvature tests.
+dense = eqx.filter_jit(dense_matrix)

@@ -9,17 +9,11 @@ from jax.flatten_util import ravel_pytree
 
 from respax.core import SoftmaxCrossEntropy
 from respax.curvature import capture_layers, fit_ekfac, fit_kfac_factors, ggn_operator
-
-
-@eqx.filter_jit
-def _dense_jit(mv, like):
-    flat, unravel = ravel_pytree(like)
-    cols = jax.vmap(lambda e: ravel_pytree(mv(unravel(e)))[0])(jnp.eye(flat.size, dtype=flat.dtype))
-    return cols.T
+from tests.helpers import dense
 
 
 def _dense(mv, like):
-    return np.asarray(_dense_jit(mv, like))
+    return np.asarray(dense(mv, like))
 
 
 class Net(eqx.Module):

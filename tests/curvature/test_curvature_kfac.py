@@ -23,15 +23,9 @@ from respax.curvature import (
     kfac_report,
     kfac_stats,
 )
+from tests.helpers import dense as _dense
 
 APPLY = lambda m, x: m(x)
-
-
-@eqx.filter_jit
-def _dense(mv, like):
-    flat, unravel = ravel_pytree(like)
-    cols = jax.vmap(lambda e: ravel_pytree(mv(unravel(e)))[0])(jnp.eye(flat.size, dtype=flat.dtype))
-    return cols.T
 
 
 def _f64(tree):

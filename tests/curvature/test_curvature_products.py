@@ -22,16 +22,9 @@ from respax.curvature import (
     lanczos_top_k,
     split_params,
 )
+from tests.helpers import dense as _dense
 
 APPLY = lambda m, x: m(x)
-
-
-@eqx.filter_jit
-def _dense(mv, like):
-    # One compiled program per operator instead of op-by-op dispatch of the vmapped matvec.
-    flat, unravel = ravel_pytree(like)
-    cols = jax.vmap(lambda e: ravel_pytree(mv(unravel(e)))[0])(jnp.eye(flat.size, dtype=flat.dtype))
-    return cols.T
 
 
 def _rel(a, b):
@@ -68,7 +61,7 @@ def _jacobians(model, x):
         pytest.param("bernoulli", marks=pytest.mark.slow),
     ],
 )
-def test_ggn_hessian_empirical_fisher_match_dense(loss_name):
+def test_ggn_hessian_empirical_fisher_matchdense(loss_name):
     model, loss, x, y = _problem(loss_name, jax.random.key(0))
 
     @eqx.filter_jit
