@@ -1,8 +1,10 @@
 """respax.evals: one LM protocol with in-process JAX and OpenAI-compatible HTTP backends, and
-model-written evaluations (Perez et al. 2022)."""
+model-written evaluations (Perez et al. 2022), and the next-token games of Shlegeris et al. (2022)
+with their analyses."""
 
 from importlib.metadata import version as _version
 
+from ._bpe import GPT2Vocab as GPT2Vocab, gpt2_tokenizer as gpt2_tokenizer, show_token as show_token
 from ._corpus import (
     CORPUS_HELD_OUT_PERSONAS as CORPUS_HELD_OUT_PERSONAS,
     load_corpus as load_corpus,
@@ -16,6 +18,19 @@ from ._datasets import (
     load_task as load_task,
     read_jsonl as read_jsonl,
 )
+from ._game import (
+    PAIR_BUTTONS as PAIR_BUTTONS,
+    PairFeedback as PairFeedback,
+    PairGame as PairGame,
+    PairPrompt as PairPrompt,
+    PairQuestion as PairQuestion,
+    TopOneFeedback as TopOneFeedback,
+    TopOneGame as TopOneGame,
+    TopOnePrompt as TopOnePrompt,
+    pair_score as pair_score,
+    player_sample_index as player_sample_index,
+)
+from ._gamelog import append_record as append_record, read_log as read_log
 from ._gpt2 import (
     GPT2 as GPT2,
     GPT2Config as GPT2Config,
@@ -27,6 +42,22 @@ from ._gpt2 import (
     load_gpt2 as load_gpt2,
 )
 from ._http import NoLogprobsError as NoLogprobsError, OpenAILM as OpenAILM
+from ._humans import (
+    PairTable as PairTable,
+    TopOneTable as TopOneTable,
+    accuracy_per_player as accuracy_per_player,
+    estimator_bias_curve as estimator_bias_curve,
+    exact_ratio as exact_ratio,
+    half_player_bootstrap as half_player_bootstrap,
+    load_pair_log as load_pair_log,
+    load_top1_log as load_top1_log,
+    loss_gap as loss_gap,
+    loss_gap_per_prompt as loss_gap_per_prompt,
+    make_pair_questions as make_pair_questions,
+    round_to_buttons as round_to_buttons,
+    sample_tokens as sample_tokens,
+    target_filter as target_filter,
+)
 from ._jax_lm import JaxLM as JaxLM, train_transformer as train_transformer
 from ._ngram import NGramLM as NGramLM
 from ._pipeline import (
