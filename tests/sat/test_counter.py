@@ -140,12 +140,13 @@ def _blocks_formula(rng):
     return CNF.from_clauses(clauses, num_vars=n)
 
 
-@given(st.integers(0, 2**32 - 1), st.sampled_from([64.0, 0.001]), st.booleans())
+@given(st.integers(0, 2**32 - 1), st.sampled_from([64.0, 0.001]), st.booleans(), st.booleans())
 @settings(max_examples=80)
-def test_learning_on_joined_blocks_equals_brute_force(seed, cache_mb, probing):
+def test_learning_on_joined_blocks_equals_brute_force(seed, cache_mb, probing, backjumping):
     f = _blocks_formula(np.random.default_rng(seed))
-    info = count(f, cache_mb=cache_mb, probing=probing)
+    info = count(f, cache_mb=cache_mb, probing=probing, backjumping=backjumping)
     assert info.count == brute_force_count(f)
+    assert backjumping or info.backjumps == 0
     assert info.learned_clauses <= info.conflicts + info.failed_literals
     assert probing or info.failed_literals == 0
 
@@ -156,6 +157,19 @@ def test_cache_invalidation_path_is_exact(seed):
     entries were invalidated (the Cachet rule); counts still equal brute force."""
     f = _blocks_formula(np.random.default_rng(seed))
     for cache_mb in (64.0, 0.001):
-        info = count(f, cache_mb=cache_mb)
+        info = count(f, cache_mb=cache_mb, backjumping=False)  # (the seeds were found so)
         assert info.cache_invalidations > 0 and info.learned_clauses > 0
         assert info.count == brute_force_count(f)
+
+
+@pytest.mark.parametrize("seed", [42, 65, 6])
+def test_backjumps_keep_counts_exact(seed):
+    """Random 3-CNF seeds where conflict-directed backjumps happen (two satisfiable with 13 and
+    11 models, one unsatisfiable): equal to brute force with and without backjumping."""
+    from respax.sat import random_kcnf
+
+    f = random_kcnf(3, 16, 72, seed=seed).cnf if seed != 6 else random_kcnf(3, 14, 70, seed=6).cnf
+    ref = brute_force_count(f)
+    on = count(f)
+    assert on.backjumps > 0 and on.count == ref
+    assert count(f, backjumping=False).count == ref

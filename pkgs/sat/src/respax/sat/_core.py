@@ -40,8 +40,8 @@ from numba import types as nbt
 TRAIL, QHEAD, STAMP, DECISIONS, CONFLICTS, HITS, STORES, ABORT = range(8)
 ENTRIES, KEY_USED, CNT_USED, MAX_DEC, DEADLINE, CLEARS, LIMBS, PROPS = range(8, 16)
 NCL, LIT_USED, M_ORIG, DLEVEL, LEARNED, TOMBS, INVALIDATED, SEEN = range(16, 24)
-PROBE, LSTAMP, FAILED = range(24, 27)
-NCTR = 28
+PROBE, LSTAMP, FAILED, BACKJUMP, JUMP, JUMP_CL, JUMPS = range(24, 31)
+NCTR = 32
 ABORT_DECISIONS, ABORT_TIME = 1, 2
 
 # libc's clock_gettime as an external symbol (resolved by name when the code is loaded, so the
@@ -93,6 +93,7 @@ class State(typing.NamedTuple):
     lbuf: np.ndarray  # int32 (n): the clause being learned
     lstamp: np.ndarray  # int64 (2n): literal marks for the failed-literal candidates
     tbuf: np.ndarray  # int32 (2n): failed-literal candidates
+    jbuf: np.ndarray  # int32 (n): the clause behind a backjump
     trail: np.ndarray  # int32 (n)
     act: np.ndarray  # float64 (2n) literal activities
     bias: np.ndarray  # float64 (n) added to the VSADS score (TD penalty; 0 for VSADS)
@@ -406,7 +407,7 @@ def implicit_bcp(st, start, d):
                 continue
             c = add_learned(st, n)
             a = st.lbuf[0]
-            if lit_value(st, a) < 0:
+            if c >= 0 and lit_value(st, a) < 0:  # (pool full: no assertion without a reason)
                 assign(st, a, c)
                 conf = propagate(st)
                 if conf >= 0:
@@ -415,8 +416,79 @@ def implicit_bcp(st, start, d):
 
 
 @_njit
+def analyze_below(st, conf, mark, out, nout):
+    """Resolve the conflict clause with the reasons of all literals assigned at trail positions
+    >= `mark`, appending the literals assigned before `mark` (level > 0) to `out[nout:]` (no
+    duplicates of `out[:nout]`). Returns (new length, whether a literal without a reason at or
+    after `mark`, i.e. the branch literal, was involved). `out[:length]` plus the negation of
+    that branch literal is a clause implied by the formula and false now."""
+    st.ctr[SEEN] += 1
+    stamp = st.ctr[SEEN]
+    for i in range(nout):
+        st.seen[out[i] >> 1] = stamp
+    pending = 0
+    dec = False
+    idx = st.ctr[TRAIL] - 1
+    c = conf
+    while True:
+        if c >= 0:
+            for k in range(st.cl_start[c], st.cl_start[c + 1]):
+                q = st.cl_lits[k]
+                v = q >> 1
+                if st.seen[v] == stamp or st.level[v] == 0:
+                    continue
+                st.seen[v] = stamp
+                if st.tpos[v] >= mark:
+                    pending += 1
+                else:
+                    out[nout] = q
+                    nout += 1
+        if pending == 0:
+            break
+        while st.seen[st.trail[idx] >> 1] != stamp:
+            idx -= 1
+        p = st.trail[idx]
+        idx -= 1
+        pending -= 1
+        c = st.reason[p >> 1]
+        if c < 0:
+            dec = True
+    return nout, dec
+
+
+@_njit
+def try_backjump(st, k, d):
+    """`st.jbuf[:k]` is an implied clause falsified by assignments before this frame's branch:
+    when its highest level j is below d - 1, every frame between j and d is in a branch with no
+    models; record the jump (ctr[JUMP] = j) and learn the clause for frame j's other branch.
+    Returns whether to jump."""
+    j = 0
+    best = -1
+    for i in range(k):
+        v = st.jbuf[i] >> 1
+        if st.level[v] > j:
+            j = st.level[v]
+        if best < 0 or st.tpos[v] > st.tpos[st.jbuf[best] >> 1]:
+            best = i
+    if j >= d - 1:
+        return False
+    st.ctr[JUMP] = j
+    st.ctr[JUMPS] += 1
+    st.ctr[JUMP_CL] = -1
+    if k >= 1:
+        for i in range(k):
+            st.lbuf[i] = st.jbuf[i]
+        t = st.lbuf[0]
+        st.lbuf[0] = st.lbuf[best]
+        st.lbuf[best] = t
+        st.ctr[JUMP_CL] = add_learned(st, k)
+    return True
+
+
+@_njit
 def branch(st, lit, learned, d):
-    """Enter one branch of a decision at level d: returns (no conflict, learned clause id).
+    """Enter one branch of a decision at level d: returns (no conflict, learned clause id,
+    conflict clause id or -1).
 
     With `learned >= 0` (the clause learned in the other branch of this variable), its first
     literal is asserted first when it is unit (labelled level d - 1: it does not depend on this
@@ -440,10 +512,10 @@ def branch(st, lit, learned, d):
             st.ctr[DLEVEL] = d
             if conf >= 0:
                 st.ctr[CONFLICTS] += 1
-                return False, -1
+                return False, -1, conf
     v = lit_value(st, lit)
     if v == 0:
-        return False, -1
+        return False, -1, -1
     conf = -1
     if v < 0:
         assign(st, lit, -1)
@@ -451,12 +523,12 @@ def branch(st, lit, learned, d):
     if conf < 0 and st.ctr[PROBE] != 0:
         conf = implicit_bcp(st, start, d)
     if conf < 0:
-        return True, -1
+        return True, -1, -1
     st.ctr[CONFLICTS] += 1
     n = analyze(st, conf, d)
     if n == 0:
-        return False, -1
-    return False, add_learned(st, n)
+        return False, -1, conf
+    return False, add_learned(st, n), conf
 
 
 # ---- components ---------------------------------------------------------------------------------
@@ -738,12 +810,39 @@ def count_rec(st, vars_, clauses):
     d = st.ctr[DLEVEL] + 1
     st.ctr[DLEVEL] = d
     learned = -1
+    k0 = -1  # length of branch 0's clause below the branch (-1: none)
+    a0 = st.jbuf[:0].copy()
     for b in range(2):
         lb = lit if b == 0 else lit ^ 1
         mark = st.ctr[TRAIL]
-        ok, learned = branch(st, lb, learned, d)
+        ok, learned, conf = branch(st, lb, learned, d)
         if not ok:
+            # conflict-directed backjumping: a clause false below this branch (both branches
+            # resolved on `lit`, or one that does not depend on it) whose highest level is
+            # below d - 1 proves the branches of all frames between that level and d empty
+            jump = False
+            empty = False
+            if conf >= 0 and st.ctr[BACKJUMP] != 0:
+                if b == 0:
+                    k0, dec = analyze_below(st, conf, mark, st.jbuf, 0)
+                    a0 = st.jbuf[:k0].copy()
+                    if not dec:  # the state below this branch has no models: skip branch 1
+                        jump = try_backjump(st, k0, d)
+                        empty = True
+                else:
+                    nk = 0
+                    if k0 >= 0:
+                        st.jbuf[:k0] = a0
+                        nk = k0
+                    k1, dec = analyze_below(st, conf, mark, st.jbuf, nk)
+                    if k0 >= 0 or not dec:
+                        jump = try_backjump(st, k1, d)
             backtrack(st, mark)
+            if jump:
+                st.ctr[DLEVEL] = d - 1
+                return np.zeros(L, np.uint64)
+            if empty:
+                break
             continue
         clears, entries = cache_mark(st)
         ncomp, nfree = split(st, vars_, out_vars, out_vstart, out_cls, out_cstart)
@@ -758,6 +857,16 @@ def count_rec(st, vars_, clauses):
                 backtrack(st, mark)
                 st.ctr[DLEVEL] = d - 1
                 return total
+            if st.ctr[JUMP] >= 0:  # a backjump through or to this frame
+                cache_invalidate(st, clears, entries)
+                if st.ctr[JUMP] < d:
+                    backtrack(st, mark)
+                    st.ctr[DLEVEL] = d - 1
+                    return np.zeros(L, np.uint64)
+                st.ctr[JUMP] = -1
+                learned = st.ctr[JUMP_CL]
+                prod[:] = 0
+                break
             if bn_used(sub) == 0:
                 prod[:] = 0
                 if ncomp > 1:  # counts stored meanwhile may be too small (see the module doc)
@@ -800,6 +909,7 @@ def root(st, units, n):
         )
         if st.ctr[ABORT] != 0:
             return prod
+        st.ctr[JUMP] = -1
         if bn_used(sub) == 0:
             return np.zeros(L, np.uint64)
         prod = bn_mul(prod, sub)

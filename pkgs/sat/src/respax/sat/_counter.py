@@ -35,6 +35,7 @@ class CountInfo:
         cache_invalidations: cache entries removed because a sibling component turned out
             unsatisfiable (see `respax.sat._core`).
         failed_literals: literals found failed by probing (`probing=True`).
+        backjumps: non-chronological backjumps (`backjumping=True`).
 
     Example:
         >>> info = count(CNF.from_clauses([[1, 2]]))
@@ -55,6 +56,7 @@ class CountInfo:
     learned_clauses: int = 0
     cache_invalidations: int = 0
     failed_literals: int = 0
+    backjumps: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,6 +134,7 @@ def _prepare(cnf: CNF, bias, polarity, cache_mb: float):
     ctr[core.LIMBS] = n // 32 + 2
     ctr[core.NCL] = m
     ctr[core.M_ORIG] = m
+    ctr[core.JUMP] = -1
     ctr[core.LIT_USED] = cl_lits.size
     st = core.State(
         cl_lits=pool,
@@ -148,6 +151,7 @@ def _prepare(cnf: CNF, bias, polarity, cache_mb: float):
         lbuf=np.zeros(max(n, 1), np.int32),
         lstamp=np.zeros(max(2 * n, 1), np.int64),
         tbuf=np.zeros(max(2 * n, 1), np.int32),
+        jbuf=np.zeros(max(n, 1), np.int32),
         trail=np.zeros(max(n, 1), np.int32),
         act=act,
         bias=np.zeros(n) if bias is None else np.asarray(bias, np.float64).copy(),
@@ -207,6 +211,7 @@ def count(
     max_seconds: float | None = None,
     cache_mb: float = 64.0,
     probing: bool = False,
+    backjumping: bool = True,
 ) -> CountInfo:
     """Count the models of `cnf` exactly (#SAT), sharpSAT-style.
 
@@ -233,6 +238,10 @@ def count(
             most active candidate literals; a failed literal's 1-UIP clause is learned and its
             asserting literal set). Off by default: on random 3-CNF and grid colouring it cost
             more decisions than it saved (benchmarks/RESULTS.md); on pigeonhole it saves ~2.4x.
+        backjumping: conflict-directed backjumping when both branches of a decision fail in
+            propagation: the two conflicts resolved on the branch variable give a clause whose
+            highest decision level j is where the search resumes (the frames between j and the
+            conflict have no models; their counts are not cached). False: chronological.
 
     Returns:
         A `CountInfo`; `count` is None unless `status == "ok"`.
@@ -261,8 +270,9 @@ def count(
         variable_bias = tb if variable_bias is None else tb + np.asarray(variable_bias)
     elif branching != "vsads":
         raise ValueError(f"branching must be 'vsads', 'td' or a callable, got {branching!r}")
-    if not isinstance(probing, bool):
-        raise TypeError(f"probing must be a bool, got {type(probing).__name__}")
+    for name, flag in (("probing", probing), ("backjumping", backjumping)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
     if not isinstance(policy_min_vars, int) or policy_min_vars < 1:
         raise ValueError(f"policy_min_vars must be a positive int, got {policy_min_vars!r}")
     st, units, empty = _prepare(cnf, variable_bias, polarity, cache_mb)
@@ -271,6 +281,7 @@ def count(
     _warm_up()
     t0 = time.perf_counter()
     st.ctr[core.PROBE] = int(probing)
+    st.ctr[core.BACKJUMP] = int(backjumping)
     if max_decisions is not None:
         st.ctr[core.MAX_DEC] = int(max_decisions)
     if max_seconds is not None:
@@ -299,6 +310,7 @@ def count(
         learned_clauses=int(c[core.LEARNED]),
         cache_invalidations=int(c[core.INVALIDATED]),
         failed_literals=int(c[core.FAILED]),
+        backjumps=int(c[core.JUMPS]),
     )
 
 
@@ -366,7 +378,9 @@ class _PolicyDriver:
     def _count(self, vars_, clauses):
         st = self.st
         if vars_.size < self.min_vars:
-            return _to_int(core.count_rec(st, vars_, clauses))
+            sub = _to_int(core.count_rec(st, vars_, clauses))
+            st.ctr[core.JUMP] = -1  # a backjump past the compiled frames ends here (a zero)
+            return sub
         key = core.make_key(vars_, clauses)
         h = np.uint64(core.key_hash(key))
         slot = core.cache_lookup(st, key, h)
@@ -382,7 +396,7 @@ class _PolicyDriver:
         learned = -1
         for lb in (lit, lit ^ 1):
             mark = int(st.ctr[core.TRAIL])
-            ok, learned = core.branch(st, lb, learned, d)
+            ok, learned, _ = core.branch(st, lb, learned, d)
             if not ok:
                 core.backtrack(st, mark)
                 continue
