@@ -68,17 +68,14 @@ def test_decoder_setting_reaches_the_ppca_response_exactly():
 
 @pytest.mark.slow
 @pytest.mark.float64
-@pytest.mark.xfail(
-    strict=True,
-    reason="known miss of the issue's 1e-3 target: 10k L-BFGS steps reach 1.3e-3 to 2.4e-3 "
-    "relative error on E (an earlier commit measured 3e-4); strict, so a fix shows up",
-)
 def test_encoder_setting_reaches_the_exact_response_for_a_frozen_decoder():
+    # L-BFGS converges slowly, then fast: max relative error on E 2.4e-3 after 10k steps,
+    # 1.7e-5 after 20k, 1.2e-7 after 30k (measured); the target is 1e-3.
     cov = _data_cov()
     decoder = lv.linear_vae_optimum(cov, K, BETAS[0]).decoder  # frozen: the β = a optimum
     m = lv.LinearMultiRateVAE(D_SIZE, K, key=jax.random.key(1))
     fit = lambda m: lv.fit_linear_mrvae(
-        m, cov, BETAS, setting="encoder", fixed_decoder=decoder, steps=10_000
+        m, cov, BETAS, setting="encoder", fixed_decoder=decoder, steps=30_000
     )
     m, _ = jax.jit(fit)(m)
     for beta in BETAS:
