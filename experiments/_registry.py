@@ -22,6 +22,8 @@ NAMES = [
     "model_written_evals",
     "tcvae_disentanglement",
     "mrvae_rate_distortion",
+    "next_token_humans_vs_lms",
+    "exploding_inverses",
 ]
 EXTRA_ENV = "RESPAX_EXTRA_EXPERIMENTS"
 

@@ -167,9 +167,8 @@ def test_pair_log_loader_and_estimate(tmp_path, vocab):
     docs = {"d": vocab.tokenizer.encode("The cat sat on the mat and then it slept.")}
     n_q, v = 6, vocab.vocab_size
     lp = jax.nn.log_softmax(jax.random.normal(jax.random.key(0), (n_q, v)))
-    qs = ev.make_pair_questions(
-        [("d", i + 1) for i in range(n_q)], docs, lp, key=jax.random.key(1), num_samples=5
-    )
+    s = ev.sample_tokens(lp, 5, key=jax.random.key(1))
+    qs = ev.make_pair_questions([("d", i + 1) for i in range(n_q)], docs, lp, s)
     log = tmp_path / "pair.jsonl"
     for name in ["ann", "bob", "cy", "dee"]:
         game = ev.PairGame(qs, vocab, log, name, n_training=2)

@@ -421,7 +421,7 @@ class PairGame:
         if p.auto:
             choice = 0.5
         elif choice is None or not any(
-            isinstance(choice, int | float) and abs(choice - b) < 1e-9 for b in PAIR_BUTTONS
+            isinstance(choice, int | float) and abs(choice - b) < 1e-6 for b in PAIR_BUTTONS
         ):
             raise ValueError(
                 f"`choice` must be one of {', '.join(f'{round(b * 100)}%' for b in PAIR_BUTTONS)}"

@@ -310,34 +310,34 @@ def make_pair_questions(
     prompts: Sequence[tuple[str, int]],
     docs: Mapping[str, Sequence[int]],
     gen_logprobs: Float[ArrayLike, "P V"],
-    *,
-    key: PRNGKeyArray,
-    num_samples: int = 400,
+    sampled_ids: Int[ArrayLike, "P n"],
     first_id: int = 0,
 ) -> list[PairQuestion]:
-    """Perplexity-game questions: for each `(doc_id, position)` prompt, `num_samples` tokens
-    sampled from the generator's next-token log-probabilities `gen_logprobs[p]` at that prompt.
+    """Perplexity-game questions: for each `(doc_id, position)` prompt, the true next token and
+    the generator samples `sampled_ids[p]` (draw them with `sample_tokens(gen_logprobs, 400,
+    key=...)`, jitted as you like), with the generator's log-probabilities of all of them.
 
     Example:
         >>> docs = {"d": [1, 2, 3]}
         >>> lp = jnp.log(jnp.array([[0.0, 0.0, 0.5, 0.5]]))
-        >>> q = make_pair_questions([("d", 1)], docs, lp, key=jax.random.key(0), num_samples=3)
+        >>> s = sample_tokens(lp, 3, key=jax.random.key(0))
+        >>> q = make_pair_questions([("d", 1)], docs, lp, s)
         >>> q[0].true_id, len(q[0].sampled_ids), round(q[0].gen_logprob_true, 3)
         (2, 3, -0.693)
     """
-    lp = jnp.asarray(gen_logprobs)
+    lp = np.asarray(gen_logprobs)
+    samples = np.asarray(sampled_ids)
     if lp.ndim != 2 or lp.shape[0] != len(prompts):
         raise ValueError(f"`gen_logprobs` must be [{len(prompts)}, V], got {lp.shape}.")
-    if not isinstance(num_samples, int) or num_samples < 1:
-        raise ValueError(f"`num_samples` must be a positive int, got {num_samples!r}.")
-    samples = np.asarray(sample_tokens(lp, num_samples, key=key)).T
+    if samples.ndim != 2 or samples.shape[0] != len(prompts) or samples.shape[1] < 1:
+        raise ValueError(f"`sampled_ids` must be [{len(prompts)}, n >= 1], got {samples.shape}.")
     lp_np = np.asarray(lp, np.float64)
     out = []
     for p, (doc_id, pos) in enumerate(prompts):
         toks = docs[doc_id]
         if not 1 <= pos < len(toks):
             raise ValueError(f"prompt {p}: position {pos} is outside document {doc_id!r}.")
-        s = samples[:, p]
+        s = samples[p]
         out.append(
             PairQuestion(
                 first_id + p,
