@@ -6,16 +6,24 @@ Clause learning (sharpSAT-style, see `branch`): a conflict right after a branch 
 assigned at decision level d is analysed to its first unique implication point; the learned
 clause goes into the clause database (with watches, so it propagates everywhere afterwards) but
 never into a component: components and cache keys are built from the original clauses only
-(`vocc`). After the conflict the search moves to the other branch of the same variable
-(chronological within the component) and first asserts the learned clause's UIP literal, which
-is unit there. Learned clauses are implied by the formula, so they cannot change a count, with
-one exception known from Cachet (Sang et al. 2004): while a component is counted, another
-still-open component may be unsatisfiable, and then clauses learned from it can make the first
+(`vocc`). After the conflict the search moves to the other branch of the same variable and
+first asserts the learned clause's UIP literal, which is unit there. When both branches fail in
+propagation, the two conflicts resolved on the branch variable (`analyze_below`) give a clause
+that is false below the frame; if its highest decision level j is below the parent's, the
+search jumps back to frame j (`try_backjump`: the frames in between return 0 without caching)
+and learns that clause for frame j's other branch. Optional failed-literal probing
+(`implicit_bcp`, sharpSAT's "implicit BCP") runs after each branch's propagation.
+
+Learned clauses are implied by the formula, so they cannot change a count, with one exception
+known from Cachet (Sang et al. 2004): while a component is counted, another still-open
+component may be unsatisfiable, and then clauses learned from it can make the first
 component's count too small. The product at that branch is then 0 anyway; `cache_invalidate`
 removes every cache entry stored since the branch began (only there could such a wrong count
 have been stored), so the cache only keeps counts that were computed while all open components
 were satisfiable. Learned clauses are kept for the whole run (no deletion); when their pool is
-full, learning stops.
+full, learning stops. Decision levels are labels: an asserted literal is labelled one level
+below the branch it is asserted in (it does not depend on that branch), so a literal labelled l
+is always implied by the branch literals of levels <= l.
 
 Counts inside the core are arbitrary-precision unsigned integers stored as little-endian
 32-bit limbs in `uint64` arrays of fixed length `L = num_vars // 32 + 2` (a count never exceeds
