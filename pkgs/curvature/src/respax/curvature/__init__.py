@@ -12,6 +12,8 @@
 - K-FAC as an optax transform: `kfac`, `KFACConfig`, `KFACState`, `kfac_report`.
 - Kronecker factors as pytrees: `KFACFactors`, `fit_kfac_factors`, `EKFACFactors`, `fit_ekfac`,
   `kfac_eigendecomposition` (K-FAC in eigen form, as `EKFACFactors`), `damped_inverse`.
+- SOAP (Adam in Shampoo's Kronecker eigenbasis, sharing EK-FAC's eigenbasis code) as an optax
+  transform: `soap`, `scale_by_soap`, `SOAPState`.
 """
 
 from importlib.metadata import version as _version
@@ -59,6 +61,11 @@ from ._products import (
     ggn_operator as ggn_operator,
     hessian_operator as hessian_operator,
     split_params as split_params,
+)
+from ._soap import (
+    SOAPState as SOAPState,
+    scale_by_soap as scale_by_soap,
+    soap as soap,
 )
 
 __version__ = _version("respax-curvature")

@@ -74,6 +74,28 @@ def _check_vector(plan: CapturePlan, v: Any, name: str) -> list[Any]:
 
 
 # ----------------------------------------------------------------------------------------------
+# Kronecker eigenbases (shared by EK-FAC and SOAP).
+
+
+def _sym_eigh(m: Array) -> tuple[Array, Array]:
+    """Eigenvalues (ascending) and eigenvectors of the symmetric part of a square matrix."""
+    return jnp.linalg.eigh(0.5 * (m + m.T))
+
+
+def _to_eigenbasis(m: Array, ug: Array, ua: Array | None) -> Array:
+    """`UG^T M UA`: a layer matrix's coordinates in the Kronecker eigenbasis `UA (x) UG` (`ua`
+    None: the identity on the input side)."""
+    r = ug.T @ m
+    return r if ua is None else r @ ua
+
+
+def _from_eigenbasis(r: Array, ug: Array, ua: Array | None) -> Array:
+    """`UG R UA^T`, the inverse of `_to_eigenbasis` (the bases are orthogonal)."""
+    r = ug @ r
+    return r if ua is None else r @ ua.T
+
+
+# ----------------------------------------------------------------------------------------------
 # Damped inverses.
 
 
@@ -475,11 +497,7 @@ class EKFACFactors(eqx.Module):
             if info.is_kronecker:
                 m = layer_to_matrix(info.kind, item)
                 ug, ua = blk["UG"], blk.get("UA")
-                r = ug.T @ m
-                r = r if ua is None else r @ ua
-                r = r * d
-                r = ug @ r
-                r = r if ua is None else r @ ua.T
+                r = _from_eigenbasis(_to_eigenbasis(m, ug, ua) * d, ug, ua)
                 new.append(matrix_to_layer(info.kind, item, r))
             elif "U" in blk:
                 u = blk["U"]
@@ -549,15 +567,15 @@ def kfac_eigendecomposition(factors: KFACFactors) -> EKFACFactors:
     blocks = []
     for info, blk in zip(factors.plan.layers, factors.blocks, strict=True):
         if info.is_kronecker:
-            sg, ug = jnp.linalg.eigh(0.5 * (blk["G"] + blk["G"].T))
+            sg, ug = _sym_eigh(blk["G"])
             if blk["A"].ndim == 1:
                 sa, ua = blk["A"], None
             else:
-                sa, ua = jnp.linalg.eigh(0.5 * (blk["A"] + blk["A"].T))
+                sa, ua = _sym_eigh(blk["A"])
             d = jnp.outer(jnp.maximum(sg, 0.0), jnp.maximum(sa, 0.0))
             blocks.append({"UA": ua, "UG": ug, "D": d})
         elif blk["F"].ndim == 2:
-            s, u = jnp.linalg.eigh(0.5 * (blk["F"] + blk["F"].T))
+            s, u = _sym_eigh(blk["F"])
             blocks.append({"U": u, "D": jnp.maximum(s, 0.0)})
         else:
             blocks.append({"D": blk["F"]})
@@ -664,9 +682,7 @@ def fit_ekfac(
         for info, basis, item in zip(plan.layers, bases, _items(g), strict=True):
             if info.is_kronecker:
                 m = layer_to_matrix(info.kind, item)
-                r = basis["UG"].T @ m
-                r = r if basis["UA"] is None else r @ basis["UA"]
-                out.append(r**2)
+                out.append(_to_eigenbasis(m, basis["UG"], basis["UA"]) ** 2)
             elif "U" in basis:
                 out.append((basis["U"].T @ _flat(item)) ** 2)
             else:
