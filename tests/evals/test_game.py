@@ -143,3 +143,17 @@ def test_pair_score_and_buttons():
     assert ev.pair_score(0.99, 1.0) == pytest.approx(1000 * math.log(1.98))
     with pytest.raises(ValueError, match="g"):
         ev.pair_score(1.0, 0.5)
+
+
+def test_score_candidates_matches_full_scoring():
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    cfg = ev.GPT2Config(vocab_size=50, n_positions=16, n_embd=16, n_layer=2, n_head=2)
+    model = ev.GPT2.init(cfg, key=jax.random.key(0))
+    prefix = jnp.array([3, 7, 1, 9, 0, 0, 0, 0])  # 4 real tokens, right padding
+    cands = jnp.array([5, 11, 49])
+    got = jax.jit(ev.score_candidates)(model, prefix, 4, cands)
+    full = jax.nn.log_softmax(ev.gpt2_logits(model, prefix[:4])[-1])
+    np.testing.assert_allclose(got, full[cands], atol=1e-5)

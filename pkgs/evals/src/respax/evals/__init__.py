@@ -29,6 +29,7 @@ from ._game import (
     TopOnePrompt as TopOnePrompt,
     pair_score as pair_score,
     player_sample_index as player_sample_index,
+    score_candidates as score_candidates,
 )
 from ._gamelog import append_record as append_record, read_log as read_log
 from ._gpt2 import (

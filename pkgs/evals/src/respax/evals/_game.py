@@ -21,10 +21,14 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array, ArrayLike, Float, Int
 
 from ._bpe import GPT2Vocab, show_token
 from ._gamelog import append_record, read_log
+from ._gpt2 import GPT2
 
 __all__ = [
     "PAIR_BUTTONS",
@@ -37,6 +41,7 @@ __all__ = [
     "TopOnePrompt",
     "pair_score",
     "player_sample_index",
+    "score_candidates",
 ]
 
 # "how confident are you that A is the original?" (the app's buttons, in percent / 100)
@@ -462,3 +467,34 @@ class PairGame:
 def describe_token(vocab: GPT2Vocab, token_id: int) -> str:
     """`show_token` of one id (for messages and UIs)."""
     return show_token(vocab.token_text(token_id))
+
+
+def score_candidates(
+    model: GPT2,
+    prefix: Int[ArrayLike, " T"],
+    length: Int[ArrayLike, ""],
+    candidates: Int[ArrayLike, " k"],
+) -> Float[Array, " k"]:
+    """The perplexity game's model step: `log p(candidate | prefix[:length])` of each candidate
+    next token, from one forward pass of a `GPT2` over a right-padded prefix. Only the last
+    position's logits are formed (the `[T, V]` logits of full scoring are not needed). Jit it
+    yourself (`jax.jit(score_candidates)`: one compilation per padded length `T`).
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from respax.evals import GPT2, GPT2Config, gpt2_logits
+        >>> m = GPT2.init(GPT2Config(vocab_size=20, n_positions=8, n_embd=8, n_layer=1,
+        ...                          n_head=2), key=jax.random.key(0))
+        >>> lp = score_candidates(m, jnp.array([3, 4, 0, 0]), 2, jnp.array([5, 6]))
+        >>> full = jax.nn.log_softmax(gpt2_logits(m, jnp.array([3, 4]))[-1])
+        >>> bool(jnp.allclose(lp, full[jnp.array([5, 6])], atol=1e-5))
+        True
+    """
+    from ._gpt2 import _hidden
+
+    prefix = jnp.asarray(prefix)
+    t = prefix.shape[0]
+    mask = jnp.tril(jnp.ones((t, t), bool))
+    h = _hidden(model, prefix, jnp.arange(t), mask)[jnp.asarray(length) - 1]
+    logits = (h @ model.wte.T).astype(jnp.float32)
+    return logits[jnp.asarray(candidates)] - jax.nn.logsumexp(logits)
