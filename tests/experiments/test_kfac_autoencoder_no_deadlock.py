@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_quick_shapes_kfac_chunk_completes(tmp_path):
     cmd = [sys.executable, "-m", "experiments", "run", "kfac_autoencoder", "--scale", "quick"]
     cmd += ["steps=10", "sgd_steps_factor=1", "chunk=10", "sgd_lrs=[0.003]", "adam_lrs=[0.001]"]
+    cmd += ["baselines=sgd,adam", "max_widen=0", "time_steps=false"]
     cmd += ["--out", str(tmp_path / "run")]
     try:
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=400)
