@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import jaxtyping
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from respax.generative import latent_traversal, mlp_vae
 
@@ -31,6 +32,29 @@ def test_traversal_of_a_linear_decoder_is_its_closed_form():
     for i, d in enumerate((3, 1)):
         expected = (dec.w @ z + dec.b)[None] + (values - z[d])[:, None] * dec.w[:, d][None]
         np.testing.assert_allclose(out[i], expected, rtol=1e-12, atol=1e-12)
+
+
+_LIN = _LinearDecoder(
+    jnp.asarray(np.random.default_rng(0).normal(size=(5, 4))), jnp.asarray([0.5, -1.0, 0, 2, 1])
+)
+_TRAVERSE = jax.jit(latent_traversal, static_argnames="dims")
+
+
+@settings(max_examples=15)
+@given(
+    z=st.lists(st.floats(-5, 5), min_size=4, max_size=4),
+    v=st.lists(st.floats(-5, 5), min_size=3, max_size=3),
+    dims=st.lists(st.integers(0, 3), min_size=1, max_size=4, unique=True),
+)
+def test_traversal_property_only_the_swept_latent_moves(z, v, dims):
+    # A linear decoder recovers the codes: row i, column j is the code z with z[dims[i]] = v[j].
+    z, v = jnp.asarray(z, jnp.float32), jnp.asarray(v, jnp.float32)
+    out = _TRAVERSE(_LIN, z, v, dims=tuple(dims))
+    codes = np.asarray(jnp.linalg.lstsq(_LIN.w, (out - _LIN.b).reshape(-1, 5).T)[0]).T
+    expected = np.tile(np.asarray(z), (len(dims) * 3, 1)).reshape(len(dims), 3, 4)
+    for i, d in enumerate(dims):
+        expected[i, :, d] = np.asarray(v)
+    np.testing.assert_allclose(codes.reshape(len(dims), 3, 4), expected, atol=1e-3)
 
 
 @pytest.mark.float64
