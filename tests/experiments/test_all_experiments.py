@@ -13,7 +13,13 @@ from experiments._runner import run_experiment
 NAMES = list(_registry.NAMES)
 # Smoke runs still over the ~10 s smoke budget (compilation of training and evaluation: 20-60 s
 # each on 2 cores): they run with the slow tests until their smoke configs are cut down.
-SLOW_SMOKE = {"mrvae_rate_distortion", "neurosharp", "model_written_evals", "tcvae_disentanglement"}
+SLOW_SMOKE = {
+    "mrvae_rate_distortion",
+    "neurosharp",
+    "model_written_evals",
+    "tcvae_disentanglement",
+    "exploding_inverses",
+}
 SMOKE_NAMES = [
     pytest.param(name, marks=pytest.mark.slow) if name in SLOW_SMOKE else name for name in NAMES
 ]

@@ -116,9 +116,26 @@ class InvertibleResidualBlock(InvertibleBlock):
         flat = x.reshape(-1, x.shape[-1])
         return jax.vmap(lambda h: self._g_vector(h, context))(flat).reshape(x.shape)
 
+    def _jacobian_vector(self, x, context):
+        """J_g(x) of the MLP in closed form, W_L D_{L-1} W_{L-1} ... D_1 W_1 (D_i = diag of the
+        elementwise activation's derivative): products of small matrices, cheap to differentiate
+        (reverse mode through `jax.jacfwd` materialised one weight cotangent per example and per
+        tangent: 2.9 s a step for one 64-D block, batch 256)."""
+        d = x.shape[0]
+        h = x if context is None else jnp.concatenate([x, context.astype(x.dtype)])
+        jac = None
+        layers = self._normalised()
+        for w, b, _ in layers[:-1]:
+            pre = w @ h + b
+            slope = jax.vmap(jax.grad(self.activation))(pre)
+            jac = slope[:, None] * (w[:, :d] if jac is None else w @ jac)
+            h = self.activation(pre)
+        w = layers[-1][0]
+        return w[:, :d] if jac is None else w @ jac
+
     def _exact_log_det(self, x, context):
         if x.ndim == 1:
-            jac = jax.jacfwd(lambda v: self._g_vector(v, context))(x)
+            jac = self._jacobian_vector(x, context)
             return jnp.linalg.slogdet(jnp.eye(x.shape[0], dtype=x.dtype) + jac)[1]
         flat = x.reshape(-1, x.shape[-1])
         return jnp.sum(jax.vmap(lambda v: self._exact_log_det(v, context))(flat))
