@@ -74,13 +74,13 @@ class Config:
 SCALES = {
     "smoke": Config(
         orders=(1, 2),
-        train_chars=40000,
-        prompts=40,
+        train_chars=20000,
+        prompts=20,
         num_samples=20,
         batch=20,
-        players=3,
-        guesses=52,
-        pair_questions=6,
+        players=2,
+        guesses=51,
+        pair_questions=4,
         n_training=2,
         model_pairs=100,
         bias_sizes=(1, 20),
@@ -98,6 +98,18 @@ def _logprobs(lm, prefixes):
     for i, p in enumerate(prefixes):
         x[i, : len(p) + 1] = [lm.tokenizer.eot_id, *p]
     return lm.next_logits(x, np.array([len(p) + 1 for p in prefixes]))
+
+
+def _accuracy(player, correct, num_players):
+    """`accuracy_per_player` on arrays padded to a multiple of 1,024 guesses (padding goes to
+    an extra, dropped player), so that calls of different lengths share one compilation."""
+    n = len(player)
+    size = -(-max(n, 1) // 1024) * 1024
+    p = np.full(size, num_players, np.int32)
+    c = np.zeros(size, bool)
+    p[:n], c[:n] = player, correct
+    acc, count, kept = accuracy_per_player(p, c, num_players + 1)
+    return acc[:num_players], count[:num_players], kept[:num_players]
 
 
 def _believe(base_logprobs, sigma, rng):
@@ -168,7 +180,7 @@ def _replay_fixture(vocab, path):
             p = game.current()
             game.guess(vocab.token_text(docs[p.doc_id][p.position]) if i % k == 0 else wrong)
     table = load_top1_log(path, docs, vocab)
-    acc, _, kept = accuracy_per_player(table.player, table.correct, len(table.players))
+    acc, _, kept = _accuracy(table.player, table.correct, len(table.players))
     ours = {p: float(acc[i]) for i, p in enumerate(table.players)}
     hand = {p: math.ceil(n / k) / n for p, (n, k) in plan.items()}  # every k-th guess right
     exact = all(
@@ -227,9 +239,7 @@ def run(cfg: Config, ctx: Context) -> Result:
     keepw = target_filter(table.target_text, table.next_text, word=True)
     top1 = {}
     for fname, keep in (("first", keep1), ("word", keepw)):
-        acc, n, kept = accuracy_per_player(
-            table.player[keep], table.correct[keep], len(table.players)
-        )
+        acc, n, kept = _accuracy(table.player[keep], table.correct[keep], len(table.players))
         rows = np.flatnonzero(keep)
         sample = np.random.default_rng(0).choice(
             rows, size=min(cfg.model_pairs, len(rows)), replace=False
@@ -329,7 +339,8 @@ def run(cfg: Config, ctx: Context) -> Result:
             else "this scale has fewer than 1,000 prompts x 400 samples",
         ),
         Claim(
-            "with exact ratios the bias shrinks with samples per prompt (|bias at max| < |at 1|)",
+            "with exact ratios the bias shrinks with samples per prompt (|bias at the most "
+            "samples| < |bias at 1|), or stays below 0.005 nats (the generator as its own player)",
             scale="smoke",
             paper="the paper measures bias for n = 1..400 (figure not read)",
             ours=", ".join(
@@ -337,7 +348,11 @@ def run(cfg: Config, ctx: Context) -> Result:
                 for n, d in lm.items()
             ),
             holds=bool(
-                all(abs(d["bias_exact"][-1]) < abs(d["bias_exact"][0]) for d in lm.values())
+                all(
+                    abs(d["bias_exact"][-1]) < abs(d["bias_exact"][0])
+                    or max(map(abs, d["bias_exact"])) < 0.005
+                    for d in lm.values()
+                )
             ),
         ),
         Claim(
@@ -407,7 +422,7 @@ def _real_logs(cfg, vocab, docs, questions):
     if cfg.real_top1_log:
         t = load_top1_log(pathlib.Path(cfg.real_top1_log), docs, vocab)
         keep = target_filter(t.target_text)
-        acc, n, kept = accuracy_per_player(t.player[keep], t.correct[keep], len(t.players))
+        acc, n, kept = _accuracy(t.player[keep], t.correct[keep], len(t.players))
         out["top1"] = {p: float(acc[i]) for i, p in enumerate(t.players) if bool(kept[i])} | {
             "_mismatched_targets": t.mismatched,
             "_problems": list(t.problems),
@@ -426,7 +441,7 @@ def _plots(ctx, cfg, lm, top1, human, ref_loss):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), dpi=80)
     ax = axes[0]
     ax.hist(top1["first"]["players"], bins=10, color="tab:gray", label="simulated players")
     for m, a in top1["first"]["models"].items():

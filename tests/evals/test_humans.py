@@ -63,7 +63,7 @@ def test_estimator_recovers_lm_players_loss():
 
 def test_sample_tokens_matches_distribution():
     p = jnp.array([[0.1, 0.6, 0.3], [0.5, 0.0, 0.5]])
-    s = ev.sample_tokens(jnp.log(p), 20000, key=jax.random.key(1))
+    s = jax.jit(lambda lp, k: ev.sample_tokens(lp, 20000, key=k))(jnp.log(p), jax.random.key(1))
     freq = np.stack([np.bincount(np.asarray(row), minlength=3) / 20000 for row in s])
     np.testing.assert_allclose(freq, np.asarray(p), atol=0.015)
 
@@ -122,13 +122,20 @@ def test_target_filters():
 
 def test_half_player_bootstrap():
     x = jnp.arange(20.0)
-    ci = ev.half_player_bootstrap(
-        lambda m: jnp.sum(x * m) / m.sum(), 20, key=jax.random.key(0), num_draws=100
-    )
+
+    @jax.jit
+    def boot(key):
+        return ev.half_player_bootstrap(
+            lambda m: jnp.sum(x * m) / m.sum(), 20, key=key, num_draws=100
+        )
+
+    ci = boot(jax.random.key(0))
     assert float(ci.estimate) == pytest.approx(9.5)
     assert float(ci.lower) < 9.5 < float(ci.upper) and float(ci.standard_error) > 0
     # every draw holds exactly half of the players (7 // 2), drawn without replacement
-    count = ev.half_player_bootstrap(lambda m: m.sum(), 7, key=jax.random.key(1), num_draws=5)
+    count = jax.jit(lambda k: ev.half_player_bootstrap(lambda m: m.sum(), 7, key=k, num_draws=5))(
+        jax.random.key(1)
+    )
     assert int(count.lower) == int(count.upper) == 3 and int(count.estimate) == 7
     with pytest.raises(ValueError, match="num_players"):
         ev.half_player_bootstrap(lambda m: m.sum(), 1, key=jax.random.key(0))
@@ -167,7 +174,7 @@ def test_pair_log_loader_and_estimate(tmp_path, vocab):
     docs = {"d": vocab.tokenizer.encode("The cat sat on the mat and then it slept.")}
     n_q, v = 6, vocab.vocab_size
     lp = jax.nn.log_softmax(jax.random.normal(jax.random.key(0), (n_q, v)))
-    s = ev.sample_tokens(lp, 5, key=jax.random.key(1))
+    s = jax.jit(lambda lp, k: ev.sample_tokens(lp, 5, key=k))(lp, jax.random.key(1))
     qs = ev.make_pair_questions([("d", i + 1) for i in range(n_q)], docs, lp, s)
     log = tmp_path / "pair.jsonl"
     for name in ["ann", "bob", "cy", "dee"]:
