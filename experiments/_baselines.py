@@ -113,16 +113,22 @@ def make_step(opt, loss_fn: Callable, batch_fn: Callable, chunk: int, soap_frequ
     return step_fn
 
 
-def seconds_per_step(fn: Callable, state: Any, chunk: int, repeats: int = 2) -> float:
-    """Steady-state seconds per update of one member: compile, then the fastest of `repeats`
-    timed calls of `fn(state)` (which advances `chunk` updates)."""
-    jax.block_until_ready(fn(state))
-    best = np.inf
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+def seconds_per_step(
+    runs: dict[str, tuple[Callable, Any]], chunk: int, repeats: int = 3
+) -> dict[str, float]:
+    """Steady-state seconds per update of one run of each optimizer: every `fn(state)` (which
+    advances `chunk` updates) is compiled first, then timed `repeats` times, the optimizers
+    interleaved (each round times every one once), the median kept: on a shared machine a load
+    spike then hits every optimizer alike."""
+    for fn, state in runs.values():
         jax.block_until_ready(fn(state))
-        best = min(best, time.perf_counter() - t0)
-    return float(best / chunk)
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    for _ in range(repeats):
+        for name, (fn, state) in runs.items():
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn(state))
+            times[name].append(time.perf_counter() - t0)
+    return {k: float(np.median(v) / chunk) for k, v in times.items()}
 
 
 def tune(
