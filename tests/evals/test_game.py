@@ -150,10 +150,10 @@ def test_score_candidates_matches_full_scoring():
     import jax.numpy as jnp
     import numpy as np
 
-    cfg = ev.GPT2Config(vocab_size=50, n_positions=16, n_embd=16, n_layer=2, n_head=2)
+    cfg = ev.GPT2Config(vocab_size=50, n_positions=16, n_embd=16, n_layer=1, n_head=2)
     model = ev.GPT2.init(cfg, key=jax.random.key(0))
     prefix = jnp.array([3, 7, 1, 9, 0, 0, 0, 0])  # 4 real tokens, right padding
     cands = jnp.array([5, 11, 49])
     got = jax.jit(ev.score_candidates)(model, prefix, 4, cands)
-    full = jax.nn.log_softmax(ev.gpt2_logits(model, prefix[:4])[-1])
+    full = jax.nn.log_softmax(jax.jit(ev.gpt2_logits)(model, prefix[:4])[-1])
     np.testing.assert_allclose(got, full[cands], atol=1e-5)

@@ -125,18 +125,19 @@ def test_half_player_bootstrap():
 
     @jax.jit
     def boot(key):
+        # the mean of the drawn players' values, and how many were drawn
         return ev.half_player_bootstrap(
-            lambda m: jnp.sum(x * m) / m.sum(), 20, key=key, num_draws=100
+            lambda m: jnp.stack([jnp.sum(x * m) / m.sum(), m.sum().astype(x.dtype)]),
+            20,
+            key=key,
+            num_draws=100,
         )
 
     ci = boot(jax.random.key(0))
-    assert float(ci.estimate) == pytest.approx(9.5)
-    assert float(ci.lower) < 9.5 < float(ci.upper) and float(ci.standard_error) > 0
-    # every draw holds exactly half of the players (7 // 2), drawn without replacement
-    count = jax.jit(lambda k: ev.half_player_bootstrap(lambda m: m.sum(), 7, key=k, num_draws=5))(
-        jax.random.key(1)
-    )
-    assert int(count.lower) == int(count.upper) == 3 and int(count.estimate) == 7
+    assert float(ci.estimate[0]) == pytest.approx(9.5) and float(ci.estimate[1]) == 20
+    assert float(ci.lower[0]) < 9.5 < float(ci.upper[0]) and float(ci.standard_error[0]) > 0
+    # every draw holds exactly half of the players, drawn without replacement
+    assert float(ci.lower[1]) == float(ci.upper[1]) == 10.0
     with pytest.raises(ValueError, match="num_players"):
         ev.half_player_bootstrap(lambda m: m.sum(), 1, key=jax.random.key(0))
 
@@ -173,7 +174,8 @@ def test_replayed_top1_log_gives_hand_computed_accuracies(tmp_path, vocab):
 def test_pair_log_loader_and_estimate(tmp_path, vocab):
     docs = {"d": vocab.tokenizer.encode("The cat sat on the mat and then it slept.")}
     n_q, v = 6, vocab.vocab_size
-    lp = jax.nn.log_softmax(jax.random.normal(jax.random.key(0), (n_q, v)))
+    z = np.random.default_rng(0).standard_normal((n_q, v)).astype(np.float32)
+    lp = z - np.logaddexp.reduce(z, axis=-1, keepdims=True)
     s = jax.jit(lambda lp, k: ev.sample_tokens(lp, 5, key=k))(lp, jax.random.key(1))
     qs = ev.make_pair_questions([("d", i + 1) for i in range(n_q)], docs, lp, s)
     log = tmp_path / "pair.jsonl"

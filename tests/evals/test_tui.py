@@ -1,6 +1,5 @@
 """The terminal UI, driven as a person would: keys sent to a tmux pane, the screen read back."""
 
-import os
 import shutil
 import subprocess
 import sys
@@ -106,10 +105,8 @@ def test_top1_in_tmux(tmp_path, vocab, tmux_session):
     _wait_for(tmux_session, "Saved 2 guesses")
     records, problems = ev.read_log(log)
     assert len(records) == 2 and not problems and records[0]["correct"]
-    # the interrupted game resumes where it stopped
-    _start(tmux_session, f"top1 --player kim --log {log}")
-    _wait_for(tmux_session, "[score 1/2 (50.0%)]")
-    assert os.path.getsize(log) > 0
+    assert records[0]["target_id"] == docs[target.doc_id][target.position]
+    # (resuming an interrupted game is tested on the game itself, test_game.py)
 
 
 def test_pair_questions_are_deterministic(vocab):

@@ -59,7 +59,8 @@ class GPT2Vocab:
             openai-whisper 20250625 (MIT licence, `_data/gpt2.tiktoken.LICENSE`).
 
     Attributes:
-        tokenizer: an `HFTokenizer` (GPT-2 pre-tokenisation, byte-level BPE) for the LM backends.
+        tokenizer: an `HFTokenizer` (GPT-2 pre-tokenisation, byte-level BPE) for the LM backends,
+            built when first used (the look-ups and `decode` do not need it).
         token_bytes: the bytes of each id (`<|endoftext|>` as its text).
 
     Example:
@@ -71,34 +72,12 @@ class GPT2Vocab:
     """
 
     def __init__(self, path: str | os.PathLike | None = None):
-        from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-
-        ranks = _read_ranks(path)
-        table = {b: ord(u) for b, u in _bytes_to_unicode().items()}
-        uni = {b: b.decode("latin-1").translate(table) for b in ranks}
-        vocab = {uni[b]: r for b, r in ranks.items()}
-        # merges recovered from the ranks: every split of a token into two lower-ranked tokens,
-        # applied in the order of the merged token's rank (tiktoken merges the adjacent pair
-        # whose concatenation has the lowest rank, which is what this order reproduces)
-        merges = []
-        for b, r in sorted(ranks.items(), key=lambda kv: kv[1]):
-            if len(b) < 2:
-                continue
-            for i in range(1, len(b)):
-                left, right = b[:i], b[i:]
-                rl, rr = ranks.get(left), ranks.get(right)
-                if rl is not None and rr is not None and rl < r and rr < r:
-                    merges.append((uni[left], uni[right]))
-        self.eot_id = len(ranks)
-        vocab[EOT] = self.eot_id
-        tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-        tok.decoder = decoders.ByteLevel()
-        tok.add_special_tokens([EOT])
-        self.tokenizer = HFTokenizer(tok, EOT)
+        self._ranks = _read_ranks(path)
+        self._tokenizer: HFTokenizer | None = None
+        self.eot_id = len(self._ranks)
         self.vocab_size = self.eot_id + 1
         self.token_bytes: list[bytes] = [b""] * self.vocab_size
-        for b, r in ranks.items():
+        for b, r in self._ranks.items():
             self.token_bytes[r] = b
         self.token_bytes[self.eot_id] = EOT.encode()
         self._by_text: dict[str, int] = {}
@@ -108,8 +87,24 @@ class GPT2Vocab:
             except UnicodeDecodeError:
                 pass  # a partial UTF-8 sequence cannot be typed
 
+    @property
+    def tokenizer(self) -> HFTokenizer:
+        """The `HFTokenizer` (GPT-2 pre-tokenisation, byte-level BPE), built on first use."""
+        if self._tokenizer is None:
+            self._tokenizer = _build_tokenizer(self._ranks)
+        return self._tokenizer
+
     def __len__(self) -> int:
         return self.vocab_size
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """The text of a token sequence (as the GPT-2 decoder: partial UTF-8 becomes U+FFFD).
+
+        Example:
+            >>> GPT2Vocab().decode([15496, 995])
+            'Hello world'
+        """
+        return b"".join(self.token_bytes[int(i)] for i in ids).decode("utf-8", errors="replace")
 
     def token_text(self, token_id: int) -> str:
         """The text of one id (partial UTF-8 bytes decode to U+FFFD, as the paper's filter
@@ -149,6 +144,29 @@ class GPT2Vocab:
     def texts(self, ids: Sequence[int]) -> list[str]:
         """`token_text` of each id."""
         return [self.token_text(int(i)) for i in ids]
+
+
+def _build_tokenizer(ranks: dict[bytes, int]) -> HFTokenizer:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    table = {b: ord(u) for b, u in _bytes_to_unicode().items()}
+    uni = {b: b.decode("latin-1").translate(table) for b in ranks}
+    vocab = {uni[b]: r for b, r in ranks.items()}
+    # merges recovered from the ranks: every split of a token into two lower-ranked tokens,
+    # applied in the order of the merged token's rank (tiktoken merges the adjacent pair whose
+    # concatenation has the lowest rank, which is what this order reproduces)
+    merges = []
+    for b, r in sorted(ranks.items(), key=lambda kv: kv[1]):
+        for i in range(1, len(b)):
+            rl, rr = ranks.get(b[:i]), ranks.get(b[i:])
+            if rl is not None and rr is not None and rl < r and rr < r:
+                merges.append((uni[b[:i]], uni[b[i:]]))
+    vocab[EOT] = len(ranks)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([EOT])
+    return HFTokenizer(tok, EOT)
 
 
 def gpt2_tokenizer(path: str | os.PathLike | None = None) -> HFTokenizer:

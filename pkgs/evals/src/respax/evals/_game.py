@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int
 
-from ._bpe import GPT2Vocab, show_token
+from ._bpe import GPT2Vocab
 from ._gamelog import append_record, read_log
 from ._gpt2 import GPT2
 
@@ -148,7 +148,7 @@ class TopOneGame:
         >>> import tempfile, pathlib
         >>> vocab = GPT2Vocab()
         >>> log = pathlib.Path(tempfile.mkdtemp()) / "top1.jsonl"
-        >>> game = TopOneGame({"d0": vocab.tokenizer.encode("Hello world")}, vocab, log, "ann")
+        >>> game = TopOneGame({"d0": [15496, 995]}, vocab, log, "ann")  # "Hello world"
         >>> game.current().prefix_text
         'Hello'
         >>> fb = game.guess(" world")
@@ -209,7 +209,7 @@ class TopOneGame:
             self.doc_id,
             self.position,
             prefix,
-            self.vocab.tokenizer.decode(list(prefix)),
+            self.vocab.decode(prefix),
             self.guesses,
             self.correct,
         )
@@ -327,7 +327,7 @@ class PairGame:
     Example:
         >>> import tempfile, pathlib
         >>> vocab = GPT2Vocab()
-        >>> ids = vocab.tokenizer.encode("Hello world")
+        >>> ids = [15496, 995]  # "Hello", " world"
         >>> q = PairQuestion(0, "d0", 1, (ids[0],), ids[1], (262,), -1.0, (-2.0,))
         >>> game = PairGame([q], vocab, pathlib.Path(tempfile.mkdtemp()) / "p.jsonl", "ann",
         ...                 n_training=0)
@@ -406,7 +406,7 @@ class PairGame:
             self.index,
             len(self.questions),
             self.index < self.n_training,
-            self.vocab.tokenizer.decode(list(q.prefix_ids)),
+            self.vocab.decode(q.prefix_ids),
             a,
             b,
             q.sampled_ids[self.sample_index] == q.true_id,
@@ -462,11 +462,6 @@ class PairGame:
         self.answered.append(q.question_id)
         self.index += 1
         return PairFeedback(a_is_true, g, score, self.total_score, self.done)
-
-
-def describe_token(vocab: GPT2Vocab, token_id: int) -> str:
-    """`show_token` of one id (for messages and UIs)."""
-    return show_token(vocab.token_text(token_id))
 
 
 def score_candidates(

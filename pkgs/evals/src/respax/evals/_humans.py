@@ -110,7 +110,8 @@ def accuracy_per_player(
         `(accuracy, guesses, kept)`; accuracy is NaN for a player with no guesses.
 
     Example:
-        >>> acc, n, kept = accuracy_per_player([0, 0, 1], [True, False, True], 2, min_guesses=1)
+        >>> acc, n, kept = accuracy_per_player(jnp.array([0, 0, 1]), jnp.array([True, False, True]),
+        ...                                    2, min_guesses=1)
         >>> acc.tolist(), n.tolist(), kept.tolist()
         ([0.5, 1.0], [2, 1], [True, False])
     """

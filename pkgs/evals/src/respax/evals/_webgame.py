@@ -82,7 +82,7 @@ def make_game_app(
         >>> import tempfile, pathlib
         >>> from starlette.testclient import TestClient
         >>> vocab = GPT2Vocab()
-        >>> app = make_game_app({"d": vocab.tokenizer.encode("Hello world")}, vocab,
+        >>> app = make_game_app({"d": [15496, 995]}, vocab,
         ...                     pathlib.Path(tempfile.mkdtemp()) / "log.jsonl")
         >>> client = TestClient(app)
         >>> client.post("/api/state", json={"player": "ann"}).json()["prefix"]
