@@ -152,6 +152,16 @@ def _coupling_sizes(event_shape: tuple[int, ...]) -> tuple[int, int]:
     return c // 2, c - c // 2
 
 
+def _couple(block, name, v, context, update):
+    """The coupling skeleton shared by both directions of every coupling: check `v` and the
+    context, split the last axis, keep the first half, `update(v1, v2) -> (new v2, log|det|)`."""
+    _check_shape(name, v, block.event_shape)
+    _check_context(context, block.context_shape)
+    v1, v2 = _split(v)
+    new2, log_det = update(v1, v2)
+    return jnp.concatenate([v1, new2], axis=-1), log_det
+
+
 class AdditiveCoupling(InvertibleBlock):
     """NICE coupling `y1 = x1, y2 = x2 + t(x1)`: log|det| = 0, globally bi-Lipschitz.
 
@@ -200,18 +210,16 @@ class AdditiveCoupling(InvertibleBlock):
         self.context_shape = (context_size,) if context_size else None
 
     def forward_and_log_det(self, x, context=None):
-        _check_shape("x", x, self.event_shape)
-        _check_context(context, self.context_shape)
-        x1, x2 = _split(x)
-        y2 = x2 + self.conditioner(x1, context)
-        return jnp.concatenate([x1, y2], axis=-1), jnp.zeros((), x.dtype)
+        def update(x1, x2):
+            return x2 + self.conditioner(x1, context), jnp.zeros((), x.dtype)
+
+        return _couple(self, "x", x, context, update)
 
     def inverse_and_log_det(self, y, context=None):
-        _check_shape("y", y, self.event_shape)
-        _check_context(context, self.context_shape)
-        y1, y2 = _split(y)
-        x2 = y2 - self.conditioner(y1, context)
-        return jnp.concatenate([y1, x2], axis=-1), jnp.zeros((), y.dtype)
+        def update(y1, y2):
+            return y2 - self.conditioner(y1, context), jnp.zeros((), y.dtype)
+
+        return _couple(self, "y", y, context, update)
 
     def lipschitz_bound(self):
         lip = self.conditioner.lipschitz_bound()
@@ -300,20 +308,18 @@ class AffineCoupling(InvertibleBlock):
         return s, h[..., k2:]
 
     def forward_and_log_det(self, x, context=None):
-        _check_shape("x", x, self.event_shape)
-        _check_context(context, self.context_shape)
-        x1, x2 = _split(x)
-        s, t = self._scale_shift(x1, context)
-        y2 = x2 * s + t
-        return jnp.concatenate([x1, y2], axis=-1), jnp.sum(jnp.log(s))
+        def update(x1, x2):
+            s, t = self._scale_shift(x1, context)
+            return x2 * s + t, jnp.sum(jnp.log(s))
+
+        return _couple(self, "x", x, context, update)
 
     def inverse_and_log_det(self, y, context=None):
-        _check_shape("y", y, self.event_shape)
-        _check_context(context, self.context_shape)
-        y1, y2 = _split(y)
-        s, t = self._scale_shift(y1, context)
-        x2 = (y2 - t) / s
-        return jnp.concatenate([y1, x2], axis=-1), -jnp.sum(jnp.log(s))
+        def update(y1, y2):
+            s, t = self._scale_shift(y1, context)
+            return (y2 - t) / s, -jnp.sum(jnp.log(s))
+
+        return _couple(self, "y", y, context, update)
 
     def lipschitz_bound(self):
         return math.inf, math.inf
