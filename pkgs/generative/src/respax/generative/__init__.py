@@ -89,6 +89,7 @@ from ._traversal import latent_traversal as latent_traversal
 
 # --- Invertible networks: blocks, flows, diagnostics, regularizers (invertible-network work) ---
 from ._flow import Flow as Flow, StandardNormal as StandardNormal
+from ._flow_multiscale import FactorOut as FactorOut
 from ._flow_scan import Chain as Chain, ScannedBlocks as ScannedBlocks
 from ._flow_stability import (
     condition_number as condition_number,
