@@ -131,7 +131,7 @@ def main() -> None:
     args = ap.parse_args()
     if not args.ours_only:
         require_modules("flowjax", ("flowjax", "paramax"), bench_group_command(__file__))
-    rounds, per_round, first_rounds = (20, 10, 2) if args.quick else (60, 20, 3)
+    rounds, per_round, first_rounds = (20, 10, 3) if args.quick else (60, 20, 5)
     x = jax.random.normal(jax.random.key(1), (BATCH, DIM), jnp.float32)
     sides = {"ours": lambda: make_step(ours_flow(jax.random.key(0)))}
     if not args.ours_only:
