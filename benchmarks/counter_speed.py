@@ -191,8 +191,8 @@ def main(argv=None) -> dict:
     body = (
         f"`python benchmarks/counter_speed.py{' --quick' if args.quick else ''}`; shared, loaded "
         f"2-core machine, medians of {repeats} interleaved runs per instance; ours = VSADS with "
-        "1-UIP clause learning (chronological within components, UIP asserted in the other "
-        "branch), no probing; 120 s limit. `rand75_seed75300` is cnfgen's file, "
+        "1-UIP clause learning (UIP asserted in the other branch; backjumping when both "
+        "branches fail), no probing; 120 s limit. `rand75_seed75300` is cnfgen's file, "
         "`rand75_ours_seed75300` our generator's formula of that seed.\n\n"
         f"- decisions_per_s_rand75 = {dps:,.0f} (target >= 50k; sharpSAT 45k-170k)\n"
         f"- decisions_rand75_seed75300 = {result['decisions_rand75_seed75300']:,} on cnfgen's "
