@@ -73,8 +73,8 @@ class Config:
     beta_min: float = 0.01
     beta_max: float = 10.0
     n_val: int = 200
-    linear_steps: int = 3000
-    timing_steps: int = 500
+    linear_steps: int = 30_000
+    timing_steps: int = 200
 
 
 SCALES = {
@@ -281,13 +281,15 @@ def run(cfg: Config, ctx) -> Result:
     time_ratio = _step_time_ratio(cfg, ctx, x_train, bv_family, mr_family)
 
     # Linear VAE: the gap of joint training to the exact response, in float64 (in float32 the
-    # L-BFGS fit stalls at D+βR 20.03 against the exact 14.41 from step ~100 on: a precision
-    # failure of the line search, not of the model; float64 reaches 14.416).
+    # L-BFGS fit stalled at D+βR 20.03 against the exact 14.41 from step ~100 on, variance error
+    # 1216: the optimiser's float32 failure, not a divergence of the model; in float64 3000
+    # steps reach 14.416, 30000 steps 14.40898 with the error down to 0.098, on C).
     if cfg.linear_steps:
         with jax.enable_x64(True):
-            lin = _linear_gap(cfg, ctx.seed)
+            lin_parts = _linear_gap(cfg, ctx.seed)
+        lin = lin_parts["max_rel_error"]
     else:
-        lin = float("nan")
+        lin, lin_parts = float("nan"), {}
 
     half = math.ceil(len(betas) / 2)
     claims = [
@@ -313,7 +315,9 @@ def run(cfg: Config, ctx) -> Result:
             "one MR-VAE costs about one β-VAE: parameters <= 1.03x, step time <= 1.05x",
             "quick", "18.84e4 vs 18.81e4 params (1.0016x); 5,040 s vs 4,836 s (1.04x); "
             "38,492 s for 8 β-VAEs",
-            f"params {params_ratio:.4f}x, step time {time_ratio:.3f}x (loaded shared CPU)",
+            f"params {params_ratio:.4f}x, step time {time_ratio:.3f}x (median of 11 interleaved "
+            "rounds of 200 steps on the loaded shared CPU, where it varied 0.88-1.55x between "
+            "runs; benchmarks/mrvae_cost.py times the paper's ResNet)",
             bool(params_ratio <= 1.03 and time_ratio <= 1.05),
         ),
         Claim(
@@ -325,8 +329,14 @@ def run(cfg: Config, ctx) -> Result:
             "linear VAE, joint training reaches the exact response (rel. error <= 1e-3)",
             "quick", "Theorem 1: the gates can represent it (existence only)",
             round(lin, 4), bool(lin <= 1e-3) if math.isfinite(lin) else None,
-            "float64 L-BFGS; measured, never loosened; representability is proven, "
-            "reachability is not",
+            f"float64 L-BFGS, {cfg.linear_steps} steps; worst on the posterior variances "
+            f"{lin_parts.get('rel_error_variance', float('nan')):.3g} (DDᵀ "
+            f"{lin_parts.get('rel_error_ddt', float('nan')):.3g}, DE "
+            f"{lin_parts.get('rel_error_de', float('nan')):.3g}); mean D+βR "
+            f"{lin_parts.get('objective', float('nan')):.5f} vs exact "
+            f"{lin_parts.get('exact_objective', float('nan')):.5f}. Representability is proven, "
+            "reachability is not (the notes: the joint C* = min(1, β/λ) is not a product of "
+            "sigmoid gates); never loosened",
         ),
     ]  # fmt: skip
     tolist = lambda d: {k: np.asarray(v).tolist() for k, v in d.items()}
@@ -350,6 +360,7 @@ def run(cfg: Config, ctx) -> Result:
         "params": {"mrvae": _n_params(mr0), "betavae": _n_params(base0)},
         "step_time_ratio": time_ratio,
         "linear_joint_gap": lin,
+        "linear_joint": lin_parts,
         "dataset": cfg.dataset,
     }  # fmt: skip
     _plot(ctx, curve, bv["rate"], bv["distortion"])
@@ -369,7 +380,7 @@ def _step_time_ratio(cfg: Config, ctx, x_train, bv_family, mr_family) -> float:
         step = jax.jit(_step_fn(cfg, fam[2], cfg.timing_steps, cfg.timing_steps))
         runs[name] = (step, fam[1](jnp.asarray(key)), member)
     times = {"mr": [], "bv": []}
-    for i in range(5):
+    for i in range(12):  # 11 timed rounds after the compiling one
         for name, (step, state, member) in runs.items():
             t0 = time.perf_counter()
             jax.block_until_ready(step(state, member, data, jnp.int32(0)))
@@ -378,7 +389,9 @@ def _step_time_ratio(cfg: Config, ctx, x_train, bv_family, mr_family) -> float:
     return float(np.median(times["mr"]) / np.median(times["bv"]))
 
 
-def _linear_gap(cfg: Config, seed: int) -> float:
+def _linear_gap(cfg: Config, seed: int) -> dict:
+    """The joint fit's worst relative error over the 10 β on DDᵀ, DE and the sorted posterior
+    variances (each separately too), and its mean D + βR against the exact optimum's."""
     d, k = 6, 3
     rng = np.random.default_rng(seed)
     q, _ = np.linalg.qr(rng.normal(size=(d, d)))
@@ -389,16 +402,21 @@ def _linear_gap(cfg: Config, seed: int) -> float:
     m = rg.LinearMultiRateVAE(d, k, beta_range=(cfg.beta_min, cfg.beta_max),
                               key=jax.random.key(seed))  # fmt: skip
     fit = lambda m: rg.fit_linear_mrvae(m, cov, betas, setting="joint", steps=cfg.linear_steps)
-    m, _ = eqx.filter_jit(fit)(m)
-    errs = []
+    m, loss = eqx.filter_jit(fit)(m)
+    errs, exact = [], []
     for b in betas:
         opt = rg.linear_vae_optimum(cov, k, float(b))
         p = m.response(float(b))
         rel = lambda a, t: float(jnp.linalg.norm(a - t) / jnp.linalg.norm(t))
-        errs.append(max(rel(p.decoder @ p.decoder.T, opt.decoder @ opt.decoder.T),
-                        rel(p.decoder @ p.encoder, opt.decoder @ opt.encoder),
-                        rel(jnp.sort(p.variance), jnp.sort(opt.variance))))  # fmt: skip
-    return float(max(errs))
+        errs.append((rel(p.decoder @ p.decoder.T, opt.decoder @ opt.decoder.T),
+                     rel(p.decoder @ p.encoder, opt.decoder @ opt.encoder),
+                     rel(jnp.sort(p.variance), jnp.sort(opt.variance))))  # fmt: skip
+        r, dist = rg.linear_vae_rate_distortion(opt, cov)
+        exact.append(float(dist + b * r))
+    worst = np.max(np.asarray(errs), 0)
+    return {"max_rel_error": float(worst.max()), "rel_error_ddt": float(worst[0]),
+            "rel_error_de": float(worst[1]), "rel_error_variance": float(worst[2]),
+            "objective": float(loss), "exact_objective": float(np.mean(exact))}  # fmt: skip
 
 
 def _plot(ctx, curve, bv_rate, bv_dist) -> None:

@@ -50,9 +50,19 @@ def test_parameter_overhead_is_two_per_gated_unit(build, units):
     vae, mr = build(False, KEY), build(True, KEY)
     assert g.gated_units(mr) == units
     assert _n_params(mr) - _n_params(vae) == 2 * units
-    # Same key: at initialisation the MR-VAE computes the β-VAE at every β (gates at ½, the
-    # gated layers' base weights doubled: the effective gate is 1).
-    x = jax.random.bernoulli(jax.random.key(3), 0.5, (3, *vae.input_shape)).astype(jnp.float32)
+    # Same key: the same base weights, doubled in the gated layers (the gates start at ½).
+    strip = lambda m: jax.tree.leaves(
+        eqx.filter(m, eqx.is_array), is_leaf=lambda x: isinstance(x, g.Gate)
+    )
+    base_mr = [x for x in strip(mr) if not isinstance(x, g.Gate)]
+    for a, b in zip(strip(vae), base_mr, strict=True):
+        assert np.array_equal(b, a) or np.allclose(b, 2 * a, rtol=1e-6, atol=0), a.shape
+
+
+def test_mrvae_at_initialisation_computes_its_betavae_at_every_beta():
+    vae = g.mlp_vae((64,), (32, 16), 4, key=KEY)
+    mr = g.mlp_vae((64,), (32, 16), 4, multi_rate=True, key=KEY)
+    x = jax.random.bernoulli(jax.random.key(3), 0.5, (3, 64)).astype(jnp.float32)
     mu, logvar = g.encode(vae, x)
     out = jax.vmap(vae.decode)(mu)
     for beta in (0.01, 0.3, 10.0):
@@ -161,6 +171,9 @@ def test_rate_distortion_curve_matches_pointwise_evaluation():
         np.testing.assert_allclose(curve.rate[i], jnp.mean(rd.rate), rtol=1e-5)
         np.testing.assert_allclose(curve.distortion[i], jnp.mean(rd.distortion), rtol=1e-5)
     np.testing.assert_allclose(curve.loss, curve.distortion + curve.beta * curve.rate, rtol=1e-6)
+    # Inside jit (the experiment vmaps it over a population): the same numbers.
+    jitted = jax.jit(lambda m: g.rate_distortion_curve(m, BernoulliLoss(), x, betas, key=KEY))(mr)
+    np.testing.assert_allclose(jitted.loss, curve.loss, rtol=1e-5)
 
 
 def test_distortion_at_matched_rate():
