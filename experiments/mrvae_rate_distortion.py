@@ -75,6 +75,7 @@ class Config:
     n_val: int = 200
     linear_steps: int = 30_000
     timing_steps: int = 200
+    timing_rounds: int = 11
 
 
 SCALES = {
@@ -88,8 +89,8 @@ SCALES = {
 
 def paper_probe(cfg: Config) -> Config:
     return dataclasses.replace(cfg, dataset="generated28", steps=2, chunk=1, seeds=1,
-                               n_baselines=2, n_eval_betas=2, n_val=64,
-                               linear_steps=2, timing_steps=1)  # fmt: skip
+                               lrs=cfg.lrs[:2], n_baselines=2, n_eval_betas=2, n_val=64,
+                               linear_steps=2, timing_steps=1, timing_rounds=1)  # fmt: skip
 
 
 def _data(cfg: Config, seed: int):
@@ -380,7 +381,7 @@ def _step_time_ratio(cfg: Config, ctx, x_train, bv_family, mr_family) -> float:
         step = jax.jit(_step_fn(cfg, fam[2], cfg.timing_steps, cfg.timing_steps))
         runs[name] = (step, fam[1](jnp.asarray(key)), member)
     times = {"mr": [], "bv": []}
-    for i in range(12):  # 11 timed rounds after the compiling one
+    for i in range(cfg.timing_rounds + 1):  # timed rounds after the compiling one
         for name, (step, state, member) in runs.items():
             t0 = time.perf_counter()
             jax.block_until_ready(step(state, member, data, jnp.int32(0)))
