@@ -96,6 +96,12 @@ from ._runner import (
     write_results as write_results,
 )
 from ._server import make_app as make_app, serve as serve
+from ._textgenrnn import (
+    TextGenRNN as TextGenRNN,
+    TextGenRNNTokenizer as TextGenRNNTokenizer,
+    load_textgenrnn as load_textgenrnn,
+    textgenrnn_cudnn_to_keras as textgenrnn_cudnn_to_keras,
+)
 from ._token_lm import TokenLM as TokenLM, rolling_windows as rolling_windows
 from ._tokenizer import (
     CharTokenizer as CharTokenizer,
