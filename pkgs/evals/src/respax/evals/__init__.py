@@ -59,6 +59,7 @@ from ._humans import (
     sample_tokens as sample_tokens,
     target_filter as target_filter,
 )
+from ._inspect import write_inspect_log as write_inspect_log
 from ._jax_lm import JaxLM as JaxLM, train_transformer as train_transformer
 from ._ngram import NGramLM as NGramLM
 from ._pipeline import (

@@ -42,6 +42,11 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--limit", type=int, default=None)
     run.add_argument("--out", default="results/respax-evals")
     run.add_argument("--seed", type=int, default=0)
+    run.add_argument(
+        "--inspect",
+        action="store_true",
+        help="also write an Inspect JSON log per task under OUT/logs",
+    )
     serve = sub.add_parser("serve", help="serve a model as an OpenAI-compatible server")
     serve.add_argument("--model", required=True)
     serve.add_argument("--host", default="127.0.0.1")
@@ -75,6 +80,11 @@ def main(argv: list[str] | None = None) -> int:
                     f"{name}: matching {r.matching_rate:.3f} [{r.ci_lower:.3f}, {r.ci_upper:.3f}]"
                     f" n={r.n}"
                 )
+                if args.inspect:
+                    from ._inspect import write_inspect_log
+
+                    safe = name.replace("/", "__")
+                    print(write_inspect_log(r, f"{args.out}/logs/{safe}.json", model=args.model))
             results.append(r)
         print(write_results(results, args.out, model=args.model))
         return 0

@@ -180,6 +180,7 @@ def evaluate(
                 "resps": [[[r.logprob, r.is_greedy]] for r in res],
                 "filtered_resps": [[r.logprob, r.is_greedy] for r in res],
                 "acc": float(m),
+                "num_matching": s.num_matching,
             }
         )
     all_lps = np.array([r.logprob for r in scores])
