@@ -5,7 +5,9 @@ README with a quickstart doctest, py.typed, PEP 420 namespace (no src/respax/__i
 workspace sources for respax dependencies pinned to the workspace version, the respax
 dependencies declared exactly as the sources import them, no dependency cycles, `__version__`.
 
-Install (also default run, ~20 s a package): the install command of each package's README,
+Install (~30-65 s a package on 2 cores; the default run installs `core` and `interp`, the
+multi-package chain core -> curvature -> interp, and the slow run, which CI runs, the other
+packages): the install command of each package's README,
 exactly as written (`pip install pkgs/core pkgs/curvature`, run from the repository root with the
 pip of a fresh virtual environment), installs it; there it imports, ships py.typed, keeps
 `respax` a namespace, reports its `__version__`, and runs its README's quickstart as a doctest.
@@ -298,7 +300,17 @@ def _third_party_closure(package: Path) -> set[str]:
     return seen
 
 
-@pytest.mark.parametrize("package", PACKAGES, ids=PACKAGE_IDS)
+DEFAULT_INSTALLS = {"core", "interp"}
+
+
+@pytest.mark.parametrize(
+    "package",
+    [
+        p if p.name in DEFAULT_INSTALLS else pytest.param(p, marks=pytest.mark.slow)
+        for p in PACKAGES
+    ],
+    ids=PACKAGE_IDS,
+)
 def test_install_and_quickstart(package: Path, tmp_path: Path):
     env = _clean_environment()
     venv = tmp_path / "venv"
