@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
-from ._token_lm import TokenLM, sample_next
+from ._token_lm import TokenLM
 
 __all__ = ["TextGenRNN", "TextGenRNNTokenizer", "load_textgenrnn", "textgenrnn_cudnn_to_keras"]
 
@@ -181,26 +181,12 @@ class _TextGenRNNLM(TokenLM):
     def next_logits(self, inputs, lengths):
         return _next(self.net, jnp.asarray(inputs), jnp.asarray(lengths))
 
-    def generate_tokens(self, prompts, requests):
+    def _last_logits(self, seq):
         # one fixed-shape window per step: a single compilation for any prompt length
-        outs = []
-        for prompt, req in zip(prompts, requests, strict=True):
-            rng = np.random.default_rng(req.seed)
-            seq, gen = list(prompt), []
-            for _ in range(req.max_tokens):
-                window = np.zeros((1, WINDOW), np.int32)
-                tail = seq[-WINDOW:]
-                window[0, WINDOW - len(tail) :] = tail
-                logits = np.asarray(_window_logits(self.net, jnp.asarray(window)))[0]
-                tok = sample_next(logits, req.temperature, req.top_p, rng)
-                if tok == self.tokenizer.eot_id:
-                    break
-                gen.append(tok)
-                seq.append(tok)
-                if req.stop and any(s in self.tokenizer.decode(gen) for s in req.stop):
-                    break
-            outs.append(gen)
-        return outs
+        window = np.zeros((1, WINDOW), np.int32)
+        tail = seq[-WINDOW:]
+        window[0, WINDOW - len(tail) :] = tail
+        return np.asarray(_window_logits(self.net, jnp.asarray(window)))[0]
 
     def bits_per_char(self, texts: Sequence[str]) -> float:
         """Bits per character of `texts` (each scored from `<s>`; the end token is not scored)."""

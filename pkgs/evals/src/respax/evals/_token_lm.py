@@ -176,6 +176,13 @@ class TokenLM:
             totals[t] += r.logprob
         return totals
 
+    def _last_logits(self, seq: list[int]) -> np.ndarray:
+        """Logits `[V]` of the token after `seq` (its last `max_length` tokens)."""
+        window = seq[-self.max_length :]
+        x = np.zeros((1, len(window)), np.int32)
+        x[0] = window
+        return np.asarray(self.next_logits(x, np.array([len(window)])))[0]
+
     def generate_tokens(self, prompts: list[list[int]], requests: Sequence[GenerateRequest]):
         """Token ids generated for each prompt (default: one `next_logits` call per token)."""
         outs = []
@@ -184,10 +191,7 @@ class TokenLM:
             seq = list(prompt)
             gen = []
             for _ in range(req.max_tokens):
-                window = seq[-self.max_length :]
-                x = np.zeros((1, len(window)), np.int32)
-                x[0] = window
-                logits = np.asarray(self.next_logits(x, np.array([len(window)])))[0]
+                logits = self._last_logits(seq)
                 tok = sample_next(logits, req.temperature, req.top_p, rng)
                 if tok == self.tokenizer.eot_id:
                     break
