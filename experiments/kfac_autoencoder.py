@@ -52,7 +52,9 @@ class Config:
     momentum: float = 0.9
     kfac_damping: float = 1.0
     kfac_curvature_period: int = 1  # statistics every k steps (KFACConfig.curvature_update_period)
-    kfac_inverse_period: int = 5  # inverse refresh period T
+    # inverse refresh period T: 10 measured cheaper than 5 (0.65x ms/update) at no worse loss per
+    # update (quick, 200 updates: 57.89 vs 59.09); 20 was cheaper still (0.46x) but worse (59.98)
+    kfac_inverse_period: int = 10
     time_steps: bool = True  # measure steady-state seconds per update (recompiles one run each)
     chunk: int = 50
 
