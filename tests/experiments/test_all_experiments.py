@@ -19,6 +19,7 @@ SLOW_SMOKE = {
     "model_written_evals",
     "tcvae_disentanglement",
     "exploding_inverses",
+    "kfac_autoencoder",
 }
 SMOKE_NAMES = [
     pytest.param(name, marks=pytest.mark.slow) if name in SLOW_SMOKE else name for name in NAMES
