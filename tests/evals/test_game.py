@@ -157,3 +157,38 @@ def test_score_candidates_matches_full_scoring():
     got = jax.jit(ev.score_candidates)(model, prefix, 4, cands)
     full = jax.nn.log_softmax(jax.jit(ev.gpt2_logits)(model, prefix[:4])[-1])
     np.testing.assert_allclose(got, full[cands], atol=1e-5)
+
+
+def test_candidate_scorer_cached_walk_matches_full_forward():
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    cfg = ev.GPT2Config(vocab_size=50, n_positions=16, n_embd=16, n_layer=2, n_head=2)
+    model = ev.GPT2.init(cfg, key=jax.random.key(1))
+    doc = np.random.default_rng(0).integers(0, 50, 14)
+    cands = jnp.array([5, 11, 49])
+    full_fn = jax.jit(ev.gpt2_logits)
+    traces = []
+    s = ev.CandidateScorer(model, max_len=16, bucket=4)
+    orig = s._prefill
+    s._prefill = lambda *a: (traces.append(a[1].shape), orig(*a))[1]
+    for start in (1, 3, 4, 5):  # prefill lengths 4, 4, 4, 8
+        s.start(doc[:start])
+        for n in range(start, len(doc)):
+            if n > start:
+                s.advance(int(doc[n - 1]))
+            assert s.length == n
+            full = jax.nn.log_softmax(full_fn(model, jnp.asarray(doc[:n]))[-1])
+            np.testing.assert_allclose(s.score(cands), full[cands], atol=2e-5, rtol=1e-5)
+    assert [t[0] for t in traces] == [4, 4, 4, 8]
+    assert orig._cache_size() == 3  # per (bucket, capacity), not per prefix length
+    assert s._decode._cache_size() == 3  # capacities 4, 8, 16
+    with pytest.raises(ValueError, match="prefix"):
+        s.start([])
+    with pytest.raises(ValueError, match="candidates"):
+        s.score([50])
+    s.start(np.append(doc, 1))
+    s.advance(1)
+    with pytest.raises(ValueError, match="max_len"):
+        s.advance(1)

@@ -20,6 +20,7 @@ from ._datasets import (
 )
 from ._game import (
     PAIR_BUTTONS as PAIR_BUTTONS,
+    CandidateScorer as CandidateScorer,
     PairFeedback as PairFeedback,
     PairGame as PairGame,
     PairPrompt as PairPrompt,

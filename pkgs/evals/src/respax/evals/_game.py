@@ -32,6 +32,7 @@ from ._gpt2 import GPT2
 
 __all__ = [
     "PAIR_BUTTONS",
+    "CandidateScorer",
     "PairFeedback",
     "PairGame",
     "PairPrompt",
@@ -493,3 +494,141 @@ def score_candidates(
     h = _hidden(model, prefix, jnp.arange(t), mask)[jnp.asarray(length) - 1]
     logits = (h @ model.wte.T).astype(jnp.float32)
     return logits[jnp.asarray(candidates)] - jax.nn.logsumexp(logits)
+
+
+def _cached_prefill(model: GPT2, tokens, length, max_len: int):
+    """Bucketed prefill: `tokens [P]` right-padded (P static), keys/values of every layer written
+    into a `[L, max_len, H, Dh]` cache, and the next-token log-probabilities after
+    `tokens[:length]`."""
+    from ._gpt2 import _block, _layers, _ln
+
+    p_len = tokens.shape[0]
+    nh, dh = model.n_head, model.wte.shape[1] // model.n_head
+    n_layer = model.ln_1_w.shape[0]
+    cache = jnp.zeros((n_layer, max_len, nh, dh), model.wte.dtype)
+    causal = jnp.tril(jnp.ones((p_len, p_len), bool))
+
+    def layer(h, xs):
+        p, ck, cv = xs
+
+        def kv(k, v):
+            ck2 = jax.lax.dynamic_update_slice(ck, k, (0, 0, 0))
+            cv2 = jax.lax.dynamic_update_slice(cv, v, (0, 0, 0))
+            return k, v, (ck2, cv2)
+
+        return _block(model, p, h, kv, causal)
+
+    h = model.wte[tokens] + model.wpe[jnp.arange(p_len)]
+    h, (ck, cv) = jax.lax.scan(layer, h, (_layers(model), cache, cache))
+    h = _ln(h[length - 1], model.ln_f_w, model.ln_f_b, model.eps)
+    return ck, cv, jax.nn.log_softmax((h @ model.wte.T).astype(jnp.float32))
+
+
+def _cached_decode(model: GPT2, ck, cv, token, pos):
+    """One token of decode at position `pos`: its keys/values go into slot `pos`, it attends to
+    slots `<= pos`; returns the caches and the next-token log-probabilities."""
+    from ._gpt2 import _block, _layers, _ln
+
+    valid = jnp.arange(ck.shape[1]) <= pos
+    h = (model.wte[token] + model.wpe[pos])[None]
+
+    def layer(h, xs):
+        p, k_l, v_l = xs
+
+        def kv(k, v):
+            k2 = jax.lax.dynamic_update_slice(k_l, k, (pos, 0, 0))
+            v2 = jax.lax.dynamic_update_slice(v_l, v, (pos, 0, 0))
+            return k2, v2, (k2, v2)
+
+        return _block(model, p, h, kv, valid[None, :])
+
+    h, (ck, cv) = jax.lax.scan(layer, h, (_layers(model), ck, cv))
+    h = _ln(h[0], model.ln_f_w, model.ln_f_b, model.eps)
+    return ck, cv, jax.nn.log_softmax((h @ model.wte.T).astype(jnp.float32))
+
+
+class CandidateScorer:
+    """The perplexity game's model step with a KV cache, for a game that walks a document
+    position by position: `start(prefix)` runs one prefill (the prefix right-padded to a
+    multiple of `bucket`, so only one compilation per bucket, not per prefix length), then each
+    `advance(token)` is one token of decode (the cache holds `bucket * 2**j` slots, doubled when
+    full, up to `max_len`: one compilation per capacity), and `score(candidates)` reads
+    `log p(candidate | prefix)` off the stored next-token distribution (both candidates are
+    next tokens of the same prefix: no extra forward).
+
+    Args:
+        model: a `GPT2`.
+        max_len: the cache length (the longest prefix; at most the model's `n_positions`).
+        bucket: prefill lengths are rounded up to a multiple of this.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, numpy as np
+        >>> from respax.evals import GPT2, GPT2Config, gpt2_logits
+        >>> m = GPT2.init(GPT2Config(vocab_size=20, n_positions=8, n_embd=8, n_layer=1,
+        ...                          n_head=2), key=jax.random.key(0))
+        >>> s = CandidateScorer(m, max_len=8, bucket=4)
+        >>> s.start([3, 4]); s.advance(5)
+        >>> full = jax.nn.log_softmax(gpt2_logits(m, jnp.array([3, 4, 5]))[-1])
+        >>> bool(np.allclose(s.score([1, 2]), full[jnp.array([1, 2])], atol=1e-5))
+        True
+    """
+
+    def __init__(self, model: GPT2, *, max_len: int | None = None, bucket: int = 32):
+        n_pos = model.wpe.shape[0]
+        max_len = n_pos if max_len is None else max_len
+        if not isinstance(max_len, int) or not 1 <= max_len <= n_pos:
+            raise ValueError(f"`max_len` must be an int in 1..{n_pos}, got {max_len!r}.")
+        if not isinstance(bucket, int) or bucket < 1:
+            raise ValueError(f"`bucket` must be a positive int, got {bucket!r}.")
+        self.model, self.max_len, self.bucket = model, max_len, bucket
+        self._prefill = jax.jit(_cached_prefill, static_argnums=3)
+        self._decode = jax.jit(_cached_decode, donate_argnums=(1, 2))
+        self.length = 0
+        self._cache = None
+        self._logp = None
+
+    def _capacity(self, n: int) -> int:
+        # cache slots for a prefix of n tokens: `bucket` doubled until it fits, capped at
+        # `max_len` (decode reads every slot, so a cache far longer than the prefix is slow;
+        # doubling keeps the number of compiled shapes logarithmic)
+        c = self.bucket
+        while c < n:
+            c *= 2
+        return min(c, self.max_len)
+
+    def start(self, prefix: Sequence[int] | Int[ArrayLike, " n"]) -> None:
+        """Prefill the cache with `prefix` (at least one token)."""
+        ids = np.asarray(prefix, np.int32).reshape(-1)
+        n = len(ids)
+        if not 1 <= n <= self.max_len:
+            raise ValueError(f"`prefix` must have 1..{self.max_len} tokens, got {n}.")
+        p_len = min(-(-n // self.bucket) * self.bucket, self.max_len)
+        x = np.zeros(p_len, np.int32)
+        x[:n] = ids
+        cap = max(self._capacity(n + 1), p_len)
+        ck, cv, self._logp = self._prefill(self.model, jnp.asarray(x), n, cap)
+        self._cache, self.length = (ck, cv), n
+
+    def advance(self, token: int | Int[ArrayLike, ""]) -> None:
+        """Append `token` to the prefix (one token of decode; the cache grows to the next
+        capacity when full)."""
+        if self._cache is None:
+            raise ValueError("call `start(prefix)` before `advance`.")
+        if self.length >= self.max_len:
+            raise ValueError(f"the prefix is already `max_len`={self.max_len} tokens long.")
+        ck, cv = self._cache
+        if self.length >= ck.shape[1]:
+            pad = ((0, 0), (0, self._capacity(self.length + 1) - ck.shape[1]), (0, 0), (0, 0))
+            ck, cv = jnp.pad(ck, pad), jnp.pad(cv, pad)
+        ck, cv, self._logp = self._decode(self.model, ck, cv, jnp.int32(token), self.length)
+        self._cache = (ck, cv)
+        self.length += 1
+
+    def score(self, candidates: Sequence[int] | Int[ArrayLike, " k"]) -> np.ndarray:
+        """`log p(candidate | prefix)` of each candidate next token, as float32."""
+        if self._logp is None:
+            raise ValueError("call `start(prefix)` before `score`.")
+        c = np.asarray(candidates, np.int64).reshape(-1)
+        if c.size == 0 or c.min() < 0 or c.max() >= self._logp.shape[0]:
+            raise ValueError(f"`candidates` must be token ids in 0..{self._logp.shape[0] - 1}.")
+        return np.asarray(self._logp[jnp.asarray(c)])
