@@ -527,23 +527,10 @@ def _cached_prefill(model: GPT2, tokens, length, max_len: int):
 def _cached_decode(model: GPT2, ck, cv, token, pos):
     """One token of decode at position `pos`: its keys/values go into slot `pos`, it attends to
     slots `<= pos`; returns the caches and the next-token log-probabilities."""
-    from ._gpt2 import _block, _layers, _ln
+    from ._gpt2 import decode_one
 
     valid = jnp.arange(ck.shape[1]) <= pos
-    h = (model.wte[token] + model.wpe[pos])[None]
-
-    def layer(h, xs):
-        p, k_l, v_l = xs
-
-        def kv(k, v):
-            k2 = jax.lax.dynamic_update_slice(k_l, k, (pos, 0, 0))
-            v2 = jax.lax.dynamic_update_slice(v_l, v, (pos, 0, 0))
-            return k2, v2, (k2, v2)
-
-        return _block(model, p, h, kv, valid[None, :])
-
-    h, (ck, cv) = jax.lax.scan(layer, h, (_layers(model), ck, cv))
-    h = _ln(h[0], model.ln_f_w, model.ln_f_b, model.eps)
+    ck, cv, h = decode_one(model, ck, cv, token, pos, pos, valid)
     return ck, cv, jax.nn.log_softmax((h @ model.wte.T).astype(jnp.float32))
 
 

@@ -233,6 +233,26 @@ def _sample(logits, temperature, top_p, key):
     return jnp.where(temperature == 0.0, greedy, sampled).astype(jnp.int32)
 
 
+def decode_one(model: GPT2, ck, cv, token, position, slot, valid):
+    """One token of cached decode: `token` at `position` writes its keys/values into cache slot
+    `slot` and attends to the slots where `valid` is true. Returns the caches and the final
+    layer-normed hidden state `[n_embd]`."""
+    h = (model.wte[token] + model.wpe[position])[None]
+
+    def layer(h, xs):
+        p, k_l, v_l = xs
+
+        def kv(k, v):
+            k2 = jax.lax.dynamic_update_slice(k_l, k, (slot, 0, 0))
+            v2 = jax.lax.dynamic_update_slice(v_l, v, (slot, 0, 0))
+            return k2, v2, (k2, v2)
+
+        return _block(model, p, h, kv, valid[None, :])
+
+    h, (ck, cv) = jax.lax.scan(layer, h, (_layers(model), ck, cv))
+    return ck, cv, _ln(h[0], model.ln_f_w, model.ln_f_b, model.eps)
+
+
 def gpt2_generate(
     model: GPT2,
     prompt: Int[ArrayLike, " P"],
@@ -315,21 +335,8 @@ def gpt2_generate(
         tok, ck_all, cv_all, valid = carry
         slot = p_len + i
         valid = valid.at[slot].set(True)
-        h = (model.wte[tok] + model.wpe[n_valid + i])[None]
-
-        def layer(h, xs):
-            p, ck, cv = xs
-
-            def kv(k, v):
-                ck2 = jax.lax.dynamic_update_slice(ck, k, (slot, 0, 0))
-                cv2 = jax.lax.dynamic_update_slice(cv, v, (slot, 0, 0))
-                return ck2, cv2, (ck2, cv2)
-
-            return _block(model, p, h, kv, valid[None, :])
-
-        h, (ck_all, cv_all) = jax.lax.scan(layer, h, (_layers(model), ck_all, cv_all))
-        h = _ln(h, model.ln_f_w, model.ln_f_b, model.eps)
-        nxt = _sample(h[0] @ model.wte.T, temperature, top_p, keys[i + 1])
+        ck_all, cv_all, h = decode_one(model, ck_all, cv_all, tok, n_valid + i, slot, valid)
+        nxt = _sample(h @ model.wte.T, temperature, top_p, keys[i + 1])
         return (nxt, ck_all, cv_all, valid), tok
 
     if num_tokens == 1:
