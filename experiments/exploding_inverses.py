@@ -69,7 +69,7 @@ class Config:
     chunk: int = 250
     # 2-D densities (the authors' train_toy_affine.py / train_toy_resflow.py: 100 blocks, MLP
     # 128x4 swish, 50,000 steps, batch 500, lr 1e-3, weight decay 1e-5 (not applied here), test
-    # batch 10,000; quick: 4 coupling / 2 residual blocks, MLP 64x2, 500 steps, cut to fit ~30 s)
+    # batch 10,000; quick: 4 coupling / 2 residual blocks, MLP 64x2, 500 steps: 46 s unloaded)
     dens_steps: int = 500
     dens_lr: float = 1e-3
     dens_batch: int = 500
