@@ -300,7 +300,7 @@ def _third_party_closure(package: Path) -> set[str]:
     return seen
 
 
-DEFAULT_INSTALLS = {"core", "interp"}
+DEFAULT_INSTALLS = {"core"}
 
 
 @pytest.mark.parametrize(

@@ -44,6 +44,7 @@ def _fitted(dtype):
     return plan, params, x, factors
 
 
+@pytest.mark.slow
 @pytest.mark.float64
 def test_eigendecomposition_equals_kfac_and_inverts_exactly():
     plan, params, x, factors = _fitted(jnp.float64)

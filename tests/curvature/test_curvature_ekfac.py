@@ -26,6 +26,7 @@ class Net(eqx.Module):
         return self.mlp(self.ln(feats + self.emb(tok)))
 
 
+@pytest.mark.slow
 @pytest.mark.float64
 def test_ekfac_closer_to_ggn_than_kfac_and_inverse_is_exact():
     k = jax.random.split(jax.random.key(0), 4)

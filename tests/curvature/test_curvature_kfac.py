@@ -455,6 +455,7 @@ def test_curvature_update_period_folds_statistics_every_k_steps():
         np.testing.assert_allclose(state.ema_weight, weight, rtol=1e-12)
 
 
+@pytest.mark.slow
 def test_curvature_update_period_one_is_the_default_bit_for_bit():
     model, plan, x, y = _mlp_problem()
     params = _params(model)

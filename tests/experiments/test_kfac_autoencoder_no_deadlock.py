@@ -9,9 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow
 def test_quick_shapes_kfac_chunk_completes(tmp_path):
     cmd = [sys.executable, "-m", "experiments", "run", "kfac_autoencoder", "--scale", "quick"]
     cmd += ["steps=10", "sgd_steps_factor=1", "chunk=10", "sgd_lrs=[0.003]", "adam_lrs=[0.001]"]

@@ -118,6 +118,7 @@ def test_labeled_npz_and_errors(tmp_path):
         load_mnist_labeled(str(other))
 
 
+@pytest.mark.slow
 def test_bilevel_smoke_on_a_generated_mnist_file(tmp_path):
     """The bilevel experiment's MNIST path end to end on a small generated mnist.npz (28x28
     images whose class is the bright row): a smoke run completes and reports 784-pixel images."""
@@ -251,6 +252,7 @@ def test_user_data_is_opt_in_only():
             assert cfg.mnist_path == "", (exp_name, scale)
 
 
+@pytest.mark.slow
 def test_bilevel_smoke_on_a_fashion_mnist_folder(tmp_path):
     """A folder of gzipped IDX files named like Debian's package: the dataset's name goes into
     metrics.json and the claims that compare with Table 3's MNIST numbers are null with a
@@ -281,6 +283,7 @@ def test_bilevel_smoke_on_a_fashion_mnist_folder(tmp_path):
     assert "Data: Fashion-MNIST. Inner model: tanh MLP 784-" in (out / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_kfac_autoencoder_on_a_fashion_mnist_folder(tmp_path):
     import dataclasses
     import json

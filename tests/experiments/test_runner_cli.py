@@ -117,6 +117,7 @@ def test_run_writes_metrics_report_and_plot(reference):
     assert not list(out.glob(".*.tmp"))  # atomic writes leave no temporaries
 
 
+@pytest.mark.slow
 def test_list_and_reproduce(tmp_path):
     listing = _cli("list")
     assert listing.returncode == 0, listing.stderr
@@ -150,7 +151,7 @@ def _wait_for_checkpoint(proc: subprocess.Popen, out: pathlib.Path) -> int:
     return json.loads(meta.read_text())["step"]
 
 
-@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
+@pytest.mark.parametrize("how", [pytest.param("SIGKILL", marks=pytest.mark.slow), "SIGTERM"])
 def test_interrupted_run_resumes_to_the_same_result(tmp_path, reference, how):
     out = tmp_path / "toy"
     proc = _start("run", "toy", "--out", str(out), *_ARGS, *_SLOW)
@@ -205,6 +206,7 @@ def _assert_close(a, b, where="metrics"):
         assert a == b, (where, a, b)
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process(tmp_path, monkeypatch, capsys):
     multi = tmp_path / "multi"
     procs = _start_pair(multi, *_ARGS)

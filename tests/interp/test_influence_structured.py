@@ -64,6 +64,7 @@ def _segment_index(seg):
     return np.concatenate([np.arange(a, b) for a, b in seg])
 
 
+@pytest.mark.slow
 @pytest.mark.float64
 def test_structured_products_and_blocks_equal_the_dense_ggn():
     net, train, _ = _problem()
@@ -128,6 +129,7 @@ def test_structured_products_and_blocks_equal_the_dense_ggn():
         np.testing.assert_allclose(c_dense, ggn[np.ix_(i, i)], rtol=1e-10, atol=1e-13)
 
 
+@pytest.mark.slow
 @pytest.mark.float64
 def test_refined_ekfac_converges_to_exact_with_structured_products():
     net, train, query = _problem()
