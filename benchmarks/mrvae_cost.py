@@ -5,6 +5,14 @@ batch 128, float32, one β per minibatch), interleaved steady-state medians; par
     python benchmarks/mrvae_cost.py [--quick] [--json PATH]
 
 The peer is our own β-VAE (the same base network without gates): the paper compares to it too.
+
+Parameter counts. The paper's Table 1 lists 18.81e4 (β-VAE) and 18.84e4 (MR-VAE) for its ResNet on
+28x28 images, which no network with the protocol's layer list (App. C.2, pythae's ResNet: convs
+1->64 (4x4), 64->128 (4x4), 128->128 (3x3), two ResBlocks(128) of 3x3 128->32 and 1x1 32->128,
+linear heads 2048->32) can have: its second and third encoder convs alone hold
+64*128*16 + 128 + 128*128*9 + 128 = 131,200 + 147,584 = 278,784 parameters, and the whole encoder
+493,248. That layer list with a mirrored decoder is 865,025 parameters here (MR-VAE 867,329,
++0.27%); the 18.81e4 figure must come from another (smaller) network, which the notes do not name.
 """
 
 import argparse
@@ -137,7 +145,9 @@ compiling round (shared, loaded 2-core CPU: other work ran at the same time).
 | MR-VAE / β-VAE parameters | {params_ratio:.5f}x ({pm} vs {pb}) |
 | 10 β-VAEs vmapped vs 10 sequential steps (MLP, 8x8) | {speedup:.2f}x |
 
-Targets: time <= 1.05x, parameters <= 1.03x (paper: 1.04x time, 1.0016x parameters).
+Targets: time <= 1.05x, parameters <= 1.03x (paper: 1.04x time, 1.0016x parameters). The paper's
+18.81e4 parameters cannot be this layer list (two of its encoder convs alone hold 278,784; see the
+module docstring): ours is the protocol's layer list, not the paper's parameter count.
 Versions: {out["versions"]}.""",
     )
 
