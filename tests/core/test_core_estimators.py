@@ -197,7 +197,7 @@ def test_lanczos_full_recovers_the_top_eigenpairs_of_a_pytree_operator():
 
 
 @pytest.mark.float64
-@settings(max_examples=10)
+@settings(max_examples=5)
 @given(spd_matrices(st.integers(3, 7), condition_number=st.floats(1.0, 1e3)), st.integers(0, 99))
 def test_lanczos_ritz_values_interlace(matrix, seed):
     # Ritz values of a Krylov subspace lie within the spectrum; with m = n they are the spectrum.

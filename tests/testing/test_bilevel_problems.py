@@ -13,7 +13,7 @@ sizes = st.tuples(st.integers(1, 6), st.integers(1, 8), st.integers(1, 4))
 
 
 @pytest.mark.float64
-@settings(max_examples=20)
+@settings(max_examples=10)
 @given(dims=sizes, seed=st.integers(0, 2**16))
 def test_closed_forms_match_jax_derivatives(dims, seed):
     d, p, m = dims

@@ -38,6 +38,12 @@ from ._families import (
     sample_filtered as sample_filtered,
     sudoku as sudoku,
 )
+from ._gridworld import (
+    grid_world as grid_world,
+    grid_world_layout as grid_world_layout,
+    grid_world_trajectories as grid_world_trajectories,
+    perlin_noise as perlin_noise,
+)
 from ._policy import (
     GNNPolicy as GNNPolicy,
     LiteralClauseGraph as LiteralClauseGraph,
