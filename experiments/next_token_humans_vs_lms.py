@@ -69,6 +69,8 @@ class Config:
     bootstrap_draws: int = 100
     real_top1_log: str = ""  # a TopOneGame log over the same documents (optional)
     real_pair_log: str = ""  # a PairGame log over the same question set (optional)
+    # a copy of the paper's released data (results_raw/, docs/, multi_comparisons/; optional)
+    released_data: str = ""
 
 
 SCALES = {
@@ -320,6 +322,8 @@ def run(cfg: Config, ctx: Context) -> Result:
     ctx.log("stage 4/4: fixture log replay, real logs, plots")
     fx_ours, fx_hand, fx_exact, fx_kept = _replay_fixture(vocab, ctx.out_dir / "fixture.jsonl")
     real = _real_logs(cfg, vocab, docs, questions)
+    if cfg.released_data:
+        real["released"] = released_summary(pathlib.Path(cfg.released_data), vocab)
     _plots(ctx, cfg, lm, top1, human, ref_loss)
 
     errs = {n: d["est_gap_exact"] - d["true_gap"] for n, d in lm.items()}
@@ -432,6 +436,62 @@ def _real_logs(cfg, vocab, docs, questions):
         lq = jnp.asarray([q.gen_logprob_true for q in questions[cfg.n_training :]])
         gap = loss_gap_per_prompt(np.nan_to_num(tab.r, nan=0.5), tab.log_gen_sampled, lq, tab.mask)
         out["pair"] = {"players": list(tab.players), "gap": float(jnp.nanmean(gap))}
+    return out
+
+
+def released_summary(root: pathlib.Path, vocab) -> dict:
+    """The paper's released answers through our loaders and estimator: per-player top-1
+    accuracy (first filter, players with > 50 guesses) and the human loss gap and perplexity
+    against the 12-layer reference (its mean true loss over questions 10000-10999 where their
+    files are there, as the analysis, else over the played questions)."""
+    from respax.evals import load_released_pair, load_released_top1
+
+    out: dict = {}
+    acc_file, docs = root / "results_raw" / "res_accuracy_anonym.json", root / "docs"
+    if acc_file.exists() and docs.is_dir():
+        t = load_released_top1(acc_file, docs, vocab)
+        keep = target_filter(t.target_text)
+        acc, n, kept = _accuracy(t.player[keep], t.correct[keep], len(t.players))
+        acc, kept = np.asarray(acc), np.asarray(kept)
+        out["top1"] = {
+            "rows": int(keep.sum()),
+            "players_counted": int(kept.sum()),
+            "accuracy_median": _median(acc[kept]),
+            "accuracy_pooled": float(t.correct[keep].mean()) if keep.any() else float("nan"),
+            "problems": len(t.problems),
+        }
+    loss_file, comps = root / "results_raw" / "res_loss_anonym.json", root / "multi_comparisons"
+    if loss_file.exists() and comps.is_dir():
+        d = load_released_pair(loss_file, comps)
+        tab = d.table
+        gap = float(jnp.nanmean(loss_gap_per_prompt(np.nan_to_num(tab.r, nan=0.5),
+                                                    tab.log_gen_sampled, d.log_ref_true,
+                                                    tab.mask)))  # fmt: skip
+        more = [comps / f"doc{q}.json" for q in range(10_000, 11_000)]
+        if all(f.exists() for f in more):
+            import json
+
+            ref = -float(np.mean([json.loads(f.read_text())["correct_logprobs"][1] for f in more]))
+        else:
+            ref = -float(np.mean(d.log_ref_true))
+        out["pair"] = {
+            "players": len(tab.players),
+            "dropped_players": len(tab.dropped_players),
+            "human_loss_gap": gap,
+            "reference_loss": ref,
+            "human_perplexity": math.exp(gap + ref),
+            "model_loss": {
+                m: -float(np.mean(d.correct_logprobs[:, i]))
+                for i, m in enumerate(
+                    ("2 layers", "12 layers", "24 layers")[: d.correct_logprobs.shape[1]]
+                )
+            },  # fmt: skip
+        }
+    if not out:
+        raise ValueError(
+            f"released_data {str(root)!r} has neither results_raw/res_accuracy_anonym.json with "
+            "docs/ nor results_raw/res_loss_anonym.json with multi_comparisons/"
+        )
     return out
 
 

@@ -86,6 +86,13 @@ from ._protocol import (
     Loglikelihood as Loglikelihood,
     require as require,
 )
+from ._released import (
+    PAPER_PAIR_SETS as PAPER_PAIR_SETS,
+    PAPER_TEST_USERS as PAPER_TEST_USERS,
+    ReleasedPairData as ReleasedPairData,
+    load_released_pair as load_released_pair,
+    load_released_top1 as load_released_top1,
+)
 from ._runner import (
     TEMPLATES as TEMPLATES,
     EvalResult as EvalResult,
