@@ -153,7 +153,12 @@ def _lm_players(cfg, models, docs, positions, key, log, sampler):
         # float32 saturates r at 1 when h(t_i) << h(t*); the clip keeps one-sample terms finite
         r = jnp.clip(exact_ratio(lh_true[:, None], lh_s), 1e-7, 1.0 - 1e-7)
         rr = round_to_buttons(r)
+        # the log of a mean of n weights is biased by about -Var(w) / (2 n mean(w)^2) (delta
+        # method, from the same samples): the estimator's own floor for this player
+        w = jnp.exp(lq_true[:, None] + jnp.log(1.0 / r - 1.0) - lg_s)
+        delta = -jnp.mean(jnp.var(w, axis=1) / (2 * w.shape[1] * jnp.mean(w, axis=1) ** 2))
         return {
+            "delta_method_bias": delta,
             "true_loss": -lh_true.mean(),
             "true_gap": true_gap,
             "est_gap_exact": loss_gap(r, lg_s, lq_true),
@@ -335,10 +340,21 @@ def run(cfg: Config, ctx: Context) -> Result:
             f"ratios, {cfg.num_samples} generator samples per prompt, {len(positions)} prompts)",
             scale="quick",
             paper="issue target: within 0.02 nats on >= 1,000 prompts with 400 samples per prompt",
-            ours=", ".join(f"{n} {e:+.4f}" for n, e in errs.items()),
+            ours=", ".join(
+                f"{n} {e:+.4f} (delta-method floor {lm[n]['delta_method_bias']:+.4f})"
+                for n, e in errs.items()
+            ),
             holds=bool(all(abs(e) < 0.02 for e in errs.values())) if n_ok else None,
             reason="a player far from the generator (the unigram vs the trigram generator) has "
-            "heavy-tailed importance weights: 400 samples are not enough for it"
+            "heavy-tailed importance weights, and the log of their mean is biased low: its bias "
+            "curve is still shrinking at the most samples ("
+            + ", ".join(
+                f"{n} {m}: {b:+.3f}"
+                for n, d in lm.items()
+                if abs(d["bias_exact"][-1]) >= 0.02
+                for m, b in list(zip(cfg.bias_sizes, d["bias_exact"]))[-3:]
+            )
+            + "), so the 0.02 target sits below the estimator's floor at this sample count"
             if n_ok
             else "this scale has fewer than 1,000 prompts x 400 samples",
         ),
