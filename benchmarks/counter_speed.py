@@ -129,6 +129,7 @@ def main(argv=None) -> dict:
             "decisions_probing": probe.decisions,
             "conflicts": info.conflicts,
             "learned_clauses": info.learned_clauses,
+            "deleted_clauses": info.deleted_clauses,
             "ours_s": statistics.median(t_ours),
             "search_s": info.seconds,
             **{f"{p}_s": statistics.median(t_peer[p]) for p in peers},
@@ -192,7 +193,8 @@ def main(argv=None) -> dict:
         f"`python benchmarks/counter_speed.py{' --quick' if args.quick else ''}`; shared, loaded "
         f"2-core machine, medians of {repeats} interleaved runs per instance; ours = VSADS with "
         "1-UIP clause learning (UIP asserted in the other branch; backjumping when both "
-        "branches fail), no probing; 120 s limit. `rand75_seed75300` is cnfgen's file, "
+        "branches fail; learned-clause deletion every 10,000 learned clauses), no probing; "
+        "120 s limit. `rand75_seed75300` is cnfgen's file, "
         "`rand75_ours_seed75300` our generator's formula of that seed.\n\n"
         f"- decisions_per_s_rand75 = {dps:,.0f} (target >= 50k; sharpSAT 45k-170k)\n"
         f"- decisions_rand75_seed75300 = {result['decisions_rand75_seed75300']:,} on cnfgen's "

@@ -173,3 +173,92 @@ def test_backjumps_keep_counts_exact(seed):
     on = count(f)
     assert on.backjumps > 0 and on.count == ref
     assert count(f, backjumping=False).count == ref
+
+
+@given(
+    st.integers(0, 2**32 - 1),
+    st.sampled_from([1, 3]),
+    st.sampled_from([64.0, 0.001]),
+    st.booleans(),
+    st.booleans(),
+)
+@settings(max_examples=80)
+def test_clause_deletion_keeps_counts_exact(seed, interval, cache_mb, probing, backjumping):
+    """A reduction of the learned clauses after every 1 or 3 learned clauses (the default waits
+    for 10,000): ids remapped in reasons, backjump clauses and watch lists must stay right."""
+    f = _blocks_formula(np.random.default_rng(seed))
+    info = count(
+        f,
+        cache_mb=cache_mb,
+        probing=probing,
+        backjumping=backjumping,
+        clause_deletion_interval=interval,
+    )
+    assert info.count == brute_force_count(f)
+    assert info.deleted_clauses <= info.learned_clauses
+
+
+@pytest.mark.parametrize("probing", [False, True])
+def test_clause_deletion_happens_and_is_exact(probing):
+    """Random 3-CNF with many conflicts and an interval of 2: deletions do happen (the test is
+    not vacuous), and every count equals brute force and the run without deletion."""
+    from respax.sat import random_kcnf
+
+    deleted = 0
+    for seed in range(12):
+        f = random_kcnf(3, 18, 70, seed=seed).cnf
+        ref = brute_force_count(f)
+        info = count(f, probing=probing, clause_deletion_interval=2)
+        keep = count(f, probing=probing, clause_deletion_interval=None)
+        assert info.count == keep.count == ref
+        assert keep.deleted_clauses == 0 and keep.clause_reductions == 0
+        deleted += info.deleted_clauses
+    assert deleted > 0
+
+
+def test_full_learned_pool_triggers_deletion(monkeypatch):
+    """A learned pool of 6 clauses: it fills, a reduction runs at the next decision and learning
+    goes on (more clauses learned than fit); without deletion learning stops at the capacity."""
+    from respax.sat import _counter, random_kcnf
+
+    monkeypatch.setattr(_counter, "_MAX_LEARNED", 6)
+    monkeypatch.setattr(_counter, "_LEARNED_LITS", 200)
+    deleted = 0
+    for seed in range(8):
+        f = random_kcnf(3, 18, 70, seed=seed).cnf
+        ref = brute_force_count(f)
+        info = count(f)
+        assert info.count == ref
+        deleted += info.deleted_clauses
+        off = count(f, clause_deletion_interval=None)
+        assert off.count == ref and off.learned_clauses <= 6
+    assert deleted > 0
+
+
+def test_clause_deletion_with_a_policy_keeps_counts_exact():
+    """The Python policy driver calls `note_decision` too (a reduction can run there)."""
+    from respax.sat import random_kcnf
+
+    def first_var(view):
+        return int(view.variables[0])
+
+    deleted = 0
+    for seed in range(6):
+        f = random_kcnf(3, 16, 66, seed=seed).cnf
+        info = count(f, branching=first_var, policy_min_vars=8, clause_deletion_interval=1)
+        assert info.count == brute_force_count(f)
+        deleted += info.deleted_clauses
+    assert deleted > 0
+
+
+def test_bad_clause_deletion_interval():
+    f = CNF.from_clauses([[1, 2]])
+    for bad in (0, -3, True):
+        with pytest.raises(ValueError, match="clause_deletion_interval"):
+            count(f, clause_deletion_interval=bad)
+    for bad in (1.5, "10"):  # (the test suite's runtime type checker may answer first)
+        with pytest.raises(
+            (ValueError, jaxtyping.TypeCheckError), match="clause_deletion_interval"
+        ):
+            count(f, clause_deletion_interval=bad)
+    assert count(f, clause_deletion_interval=None).count == 3

@@ -35,3 +35,23 @@ def test_cnfgen_rand75_seed75300():
     path = pathlib.Path(__file__).parent / "data" / "cnfgen_rand75_seed75300.cnf"
     info = count(read_dimacs(path))
     assert info.count == 270_970_663
+
+
+def test_regression_counts_with_frequent_clause_deletion():
+    """A reduction of the learned clauses after every 2 learned ones (default 10,000), with and
+    without probing: every committed count is kept, and clauses were deleted."""
+    deleted = 0
+    for probing in (False, True):
+        for item in _DATA:
+            info = count(parse_dimacs(item["dimacs"]), probing=probing, clause_deletion_interval=2)
+            assert info.status == "ok" and info.count == int(item["count"]), item["name"]
+            deleted += info.deleted_clauses
+    assert deleted > 0
+
+
+def test_cnfgen_rand75_seed75300_with_clause_deletion():
+    from respax.sat import read_dimacs
+
+    path = pathlib.Path(__file__).parent / "data" / "cnfgen_rand75_seed75300.cnf"
+    info = count(read_dimacs(path), clause_deletion_interval=50)
+    assert info.count == 270_970_663 and info.deleted_clauses > 0

@@ -20,10 +20,16 @@ component may be unsatisfiable, and then clauses learned from it can make the fi
 component's count too small. The product at that branch is then 0 anyway; `cache_invalidate`
 removes every cache entry stored since the branch began (only there could such a wrong count
 have been stored), so the cache only keeps counts that were computed while all open components
-were satisfiable. Learned clauses are kept for the whole run (no deletion); when their pool is
-full, learning stops. Decision levels are labels: an asserted literal is labelled one level
-below the branch it is asserted in (it does not depend on that branch), so a literal labelled l
-is always implied by the branch literals of levels <= l.
+were satisfiable. Learned clauses are deleted as in sharpSAT / MiniSat's `reduceDB`
+(`reduce_learned`): every `ctr[DEL_INTERVAL]` learned clauses (default 10,000), or when their
+pool is full, about half of them go: never a reason of an assigned literal (locked) nor a binary
+clause; of the others the least active (a clause's activity is bumped when conflict analysis
+resolves on it and decays with the literal activities). The table, literal pool and watch lists
+are compacted and every live clause id (the trail's reasons, `ctr[JUMP_CL]`) is remapped; the
+reduction runs only before a frame branches, where no other clause id is alive. Deleting an
+implied clause never changes a count. Decision levels are labels: an asserted literal is
+labelled one level below the branch it is asserted in (it does not depend on that branch), so a
+literal labelled l is always implied by the branch literals of levels <= l.
 
 Counts inside the core are arbitrary-precision unsigned integers stored as little-endian
 32-bit limbs in `uint64` arrays of fixed length `L = num_vars // 32 + 2` (a count never exceeds
@@ -49,7 +55,8 @@ TRAIL, QHEAD, STAMP, DECISIONS, CONFLICTS, HITS, STORES, ABORT = range(8)
 ENTRIES, KEY_USED, CNT_USED, MAX_DEC, DEADLINE, CLEARS, LIMBS, PROPS = range(8, 16)
 NCL, LIT_USED, M_ORIG, DLEVEL, LEARNED, TOMBS, INVALIDATED, SEEN = range(16, 24)
 PROBE, LSTAMP, FAILED, BACKJUMP, JUMP, JUMP_CL, JUMPS = range(24, 31)
-NCTR = 32
+DEL_INTERVAL, DEL_NEXT, DEL_DUE, DELETED, REDUCTIONS = range(31, 36)
+NCTR = 40
 ABORT_DECISIONS, ABORT_TIME = 1, 2
 
 # libc's clock_gettime as an external symbol (resolved by name when the code is loaded, so the
@@ -89,6 +96,8 @@ class State(typing.NamedTuple):
     cl_lits: np.ndarray  # int32 literal pool: original clauses, then learned ones; positions 0
     # and 1 of a clause are its watched literals (a learned unit clause has no watches)
     cl_start: np.ndarray  # int64 (m + max learned + 1); clause c is cl_lits[cl_start[c]:[c+1]]
+    cl_act: np.ndarray  # float64 (m + max learned + 1): activity of learned clause c (deletion
+    # order); the last entry is the current bump (`bump_clause`)
     vocc_start: np.ndarray  # int64 (n+1)
     vocc: np.ndarray  # int32: original clauses containing each variable
     w_head: np.ndarray  # int32 (2n): first watch node of each literal, -1 none
@@ -218,6 +227,7 @@ def watch(st, c):
 
 @_njit
 def init_watches(st):
+    """Watch every clause (called once, with the original clauses only, all of length >= 2)."""
     st.w_head[:] = -1
     for c in range(st.ctr[NCL]):
         watch(st, c)
@@ -280,7 +290,8 @@ def propagate(st):
 def analyze(st, conf, d):
     """First-UIP conflict analysis at decision level d: writes the learned clause to `st.lbuf`
     (position 0: the negated UIP, false now) and returns its length, or 0 when the conflict has
-    no literal of level d. Bumps the activity of the clause's literals (sharpSAT's VSADS)."""
+    no literal of level d. Bumps the activity of the clause's literals (sharpSAT's VSADS) and of
+    the learned clauses resolved on the way (the deletion order, `reduce_learned`)."""
     cl, cs = st.cl_lits, st.cl_start
     st.ctr[SEEN] += 1
     mark = st.ctr[SEEN]
@@ -292,6 +303,7 @@ def analyze(st, conf, d):
     pv = -1
     p = -1
     while True:
+        bump_clause(st, c)
         for k in range(cs[c], cs[c + 1]):
             q = cl[k]
             v = q >> 1
@@ -326,11 +338,15 @@ def analyze(st, conf, d):
 @_njit
 def add_learned(st, n):
     """Store `st.lbuf[:n]` as a clause (watching position 0 and the latest-assigned other
-    literal); its id, or -1 when the learned-clause pool is full."""
+    literal); its id, or -1 when the learned-clause pool is full (then a reduction is due at the
+    next decision, `note_decision`). A new clause starts with the current bump as its activity
+    (MiniSat), so it is not the first to go at the next reduction."""
     c = st.ctr[NCL]
     s = st.ctr[LIT_USED]
     if c + 1 >= st.cl_start.size or s + n > st.cl_lits.size:
+        st.ctr[DEL_DUE] = 1
         return -1
+    st.cl_act[c] = st.cl_act[-1]
     for i in range(n):
         st.cl_lits[s + i] = st.lbuf[i]
     best = 1
@@ -348,6 +364,124 @@ def add_learned(st, n):
     if n >= 2:
         watch(st, c)
     return c
+
+
+@_njit
+def bump_clause(st, c):
+    """Raise learned clause c's activity (it took part in a conflict analysis). The bump doubles
+    every 128 decisions (`note_decision`), which halves all activities relative to new bumps, as
+    sharpSAT halves its clause scores with the literal activities."""
+    if c >= st.ctr[M_ORIG]:
+        st.cl_act[c] += st.cl_act[-1]
+
+
+@_njit
+def reduce_learned(st, again=False):
+    """Delete about half of the learned clauses (MiniSat's `reduceDB`, sharpSAT's
+    `deleteConflictClauses`) and compact the clause table, the literal pool and the watch lists.
+
+    Learned clauses are implied by the formula, so deleting any of them never changes a count;
+    what must not happen is a stored clause id pointing at a deleted or moved clause. Kept are:
+    the clauses that are the reason of an assigned literal (locked: conflict analysis will resolve
+    on them), binary clauses (cheap and strong), and of the others (length >= 3) the more active
+    half; unlocked learned unit clauses (they have no watches and are only ever asserted through
+    the `learned` id of `branch`) are deleted. Original clauses keep their ids (components and
+    cache keys refer to them), kept learned clauses move down in their order, so their relative
+    order, their literal order (positions 0 and 1 are the watches) and the order of every watch
+    list stay the same and the watch invariants of the current assignment still hold.
+
+    Called only from `note_decision`, before a frame branches: there the clause ids alive are
+    the reasons of the trail's literals and `ctr[JUMP_CL]` (the `learned` id of every frame on
+    the stack is -1 or dead while its children are counted, and no conflict clause is pending);
+    both are remapped.
+    """
+    if again:  # never taken: the self-call keeps LLVM from inlining this large, rarely run
+        reduce_learned(st)  # function into `note_decision` and so into the search frames (where
+        return  # it cost 2-4% of the decisions per second)
+    m = st.ctr[M_ORIG]
+    ncl = st.ctr[NCL]
+    nl = ncl - m
+    st.ctr[REDUCTIONS] += 1
+    st.ctr[DEL_DUE] = 0
+    iv = st.ctr[DEL_INTERVAL]
+    st.ctr[DEL_NEXT] = st.ctr[LEARNED] + iv + iv * st.ctr[REDUCTIONS] // 1000
+    if nl <= 0:
+        return
+    cs = st.cl_start
+    keep = np.zeros(nl, np.bool_)
+    for t in range(st.ctr[TRAIL]):
+        r = st.reason[st.trail[t] >> 1]
+        if r >= m:
+            keep[r - m] = True
+    cand = np.empty(nl, np.int64)
+    nc = 0
+    for i in range(nl):
+        c = m + i
+        size = cs[c + 1] - cs[c]
+        if keep[i] or size < 2:
+            continue
+        if size == 2:
+            keep[i] = True
+        else:
+            cand[nc] = i
+            nc += 1
+    if nc > 0:
+        acts = np.empty(nc, np.float64)
+        for j in range(nc):
+            acts[j] = st.cl_act[m + cand[j]]
+        order = np.argsort(acts, kind="mergesort")  # stable: among equals the older go first
+        for j in range(nc // 2, nc):
+            keep[cand[order[j]]] = True
+    # compact: kept clauses move down (new id <= old id), literals and activities with them
+    newid = np.full(ncl, -1, np.int64)
+    for c in range(m):
+        newid[c] = c
+    w = cs[m]
+    nxt = m
+    s_old = cs[m]
+    for i in range(nl):
+        c = m + i
+        e_old = cs[c + 1]
+        if keep[i]:
+            for k in range(s_old, e_old):
+                st.cl_lits[w + k - s_old] = st.cl_lits[k]
+            w += e_old - s_old
+            st.cl_act[nxt] = st.cl_act[c]
+            cs[nxt + 1] = w
+            newid[c] = nxt
+            nxt += 1
+        s_old = e_old
+    deleted = ncl - nxt
+    st.ctr[NCL] = nxt
+    st.ctr[LIT_USED] = w
+    st.ctr[DELETED] += deleted
+    if deleted == 0:
+        return
+    for t in range(st.ctr[TRAIL]):
+        v = st.trail[t] >> 1
+        if st.reason[v] >= 0:
+            st.reason[v] = newid[st.reason[v]]
+    if st.ctr[JUMP_CL] >= 0:
+        st.ctr[JUMP_CL] = newid[st.ctr[JUMP_CL]]
+    # the watch lists, in their order, without the deleted clauses' nodes (node 2c + pos)
+    old_next = st.w_next[: 2 * ncl].copy()
+    for lit in range(st.w_head.size):
+        node = st.w_head[lit]
+        prev = -1
+        while node >= 0:
+            nc_ = newid[node >> 1]
+            if nc_ >= 0:
+                nn = 2 * nc_ + (node & 1)
+                if prev < 0:
+                    st.w_head[lit] = nn
+                else:
+                    st.w_next[prev] = nn
+                prev = nn
+            node = old_next[node]
+        if prev < 0:
+            st.w_head[lit] = -1
+        else:
+            st.w_next[prev] = -1
 
 
 @_njit
@@ -440,6 +574,7 @@ def analyze_below(st, conf, mark, out, nout):
     c = conf
     while True:
         if c >= 0:
+            bump_clause(st, c)
             for k in range(st.cl_start[c], st.cl_start[c + 1]):
                 q = st.cl_lits[k]
                 v = q >> 1
@@ -778,13 +913,27 @@ def component_graph(st, vars_, clauses):
 
 @_njit
 def note_decision(st):
-    """Count a decision, decay activities, check the limits; False when a limit stops the run."""
+    """Count a decision, decay activities, reduce the learned clauses when due, check the
+    limits; False when a limit stops the run.
+
+    A reduction (`reduce_learned`) is due when `ctr[DEL_INTERVAL]` > 0 and either that many
+    clauses were learned since the last one (the interval grows by 0.1% per reduction, sharpSAT's
+    10000 + 10 per cleaning) or the learned pool was found full. It runs here because before a
+    frame branches no clause id other than the trail's reasons and `ctr[JUMP_CL]` is alive.
+    """
     st.ctr[DECISIONS] += 1
     d = st.ctr[DECISIONS]
     if d % 128 == 0:
         a = st.act
         for i in range(a.size):
             a[i] *= 0.5
+        st.cl_act[-1] *= 2.0
+        if st.cl_act[-1] > 1e100:  # rescale (only the order of activities matters)
+            for c in range(st.ctr[M_ORIG], st.ctr[NCL]):
+                st.cl_act[c] *= 1e-100
+            st.cl_act[-1] *= 1e-100
+    if st.ctr[DEL_INTERVAL] > 0 and (st.ctr[DEL_DUE] != 0 or st.ctr[LEARNED] >= st.ctr[DEL_NEXT]):
+        reduce_learned(st)
     if st.ctr[MAX_DEC] >= 0 and d > st.ctr[MAX_DEC]:
         st.ctr[ABORT] = ABORT_DECISIONS
         return False

@@ -31,11 +31,14 @@ class CountInfo:
         policy_calls: calls of a Python branching policy (0 for VSADS / TD).
         seconds: wall-clock of the search (excluding the first-call numba compile, which `count`
             triggers on a 1-variable formula before timing).
-        learned_clauses: 1-UIP clauses learned at conflicts (kept for the whole run).
+        learned_clauses: 1-UIP clauses learned at conflicts (deleted ones included).
         cache_invalidations: cache entries removed because a sibling component turned out
             unsatisfiable (see `respax.sat._core`).
         failed_literals: literals found failed by probing (`probing=True`).
         backjumps: non-chronological backjumps (`backjumping=True`).
+        deleted_clauses: learned clauses deleted by the reductions of the learned-clause
+            database (see `clause_deletion_interval` of `count`).
+        clause_reductions: reductions of the learned-clause database.
 
     Example:
         >>> info = count(CNF.from_clauses([[1, 2]]))
@@ -57,6 +60,8 @@ class CountInfo:
     cache_invalidations: int = 0
     failed_literals: int = 0
     backjumps: int = 0
+    deleted_clauses: int = 0
+    clause_reductions: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,7 +91,7 @@ class ComponentView:
 BranchingPolicy = Callable[[ComponentView], int]
 
 
-def _prepare(cnf: CNF, bias, polarity, cache_mb: float):
+def _prepare(cnf: CNF, bias, polarity, cache_mb: float, deletion_interval: int | None = None):
     """Normalised clauses (duplicates removed, tautologies dropped) and the numba state."""
     n = cnf.num_vars
     lits = cnf.literals.astype(np.int64)
@@ -124,6 +129,8 @@ def _prepare(cnf: CNF, bias, polarity, cache_mb: float):
     pool[: cl_lits.size] = cl_lits
     starts = np.empty(max_cls + 1, np.int64)
     starts[: m + 1] = cl_start
+    cl_act = np.zeros(max_cls + 1, np.float64)
+    cl_act[-1] = 1.0  # the clause-activity bump
     unit_count = np.bincount(np.array(units, np.int64), minlength=2 * n) if units else 0
     act = (lit_count + unit_count).astype(np.float64)
     nbytes = int(cache_mb * 2**20)
@@ -136,9 +143,12 @@ def _prepare(cnf: CNF, bias, polarity, cache_mb: float):
     ctr[core.M_ORIG] = m
     ctr[core.JUMP] = -1
     ctr[core.LIT_USED] = cl_lits.size
+    ctr[core.DEL_INTERVAL] = -1 if deletion_interval is None else deletion_interval
+    ctr[core.DEL_NEXT] = ctr[core.DEL_INTERVAL]
     st = core.State(
         cl_lits=pool,
         cl_start=starts,
+        cl_act=cl_act,
         vocc_start=vocc_start,
         vocc=vocc,
         w_head=np.full(max(2 * n, 1), -1, np.int32),
@@ -172,7 +182,9 @@ def _prepare(cnf: CNF, bias, polarity, cache_mb: float):
     return st, np.array(units, np.int32), empty
 
 
-#: Capacity for learned clauses per run (clauses, literals); when full, learning stops.
+#: Capacity for learned clauses per run (clauses, literals); when full, a reduction of the learned
+#: clauses is due at the next decision (learning stops until then, and for good when
+#: `clause_deletion_interval=None`).
 _MAX_LEARNED = 1 << 18
 _LEARNED_LITS = 1 << 22
 
@@ -212,6 +224,7 @@ def count(
     cache_mb: float = 64.0,
     probing: bool = False,
     backjumping: bool = True,
+    clause_deletion_interval: int | None = 10_000,
 ) -> CountInfo:
     """Count the models of `cnf` exactly (#SAT), sharpSAT-style.
 
@@ -242,6 +255,13 @@ def count(
             propagation: the two conflicts resolved on the branch variable give a clause whose
             highest decision level j is where the search resumes (the frames between j and the
             conflict have no models; their counts are not cached). False: chronological.
+        clause_deletion_interval: learned clauses between two reductions of the learned-clause
+            database (sharpSAT's 10,000, growing by 0.1% per reduction); a reduction also runs
+            when the learned-clause pool is full. It deletes about half of the learned clauses:
+            never a reason of an assigned literal nor a binary clause, the least active of the
+            others (activity: use in conflict analysis, decaying). Never changes a count
+            (learned clauses are implied). None: keep every learned clause (learning stops when
+            the pool is full).
 
     Returns:
         A `CountInfo`; `count` is None unless `status == "ok"`.
@@ -275,7 +295,14 @@ def count(
             raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
     if not isinstance(policy_min_vars, int) or policy_min_vars < 1:
         raise ValueError(f"policy_min_vars must be a positive int, got {policy_min_vars!r}")
-    st, units, empty = _prepare(cnf, variable_bias, polarity, cache_mb)
+    cdi = clause_deletion_interval
+    if cdi is not None and (
+        isinstance(cdi, bool) or not isinstance(cdi, int | np.integer) or cdi < 1
+    ):
+        raise ValueError(f"clause_deletion_interval must be a positive int or None, got {cdi!r}")
+    st, units, empty = _prepare(
+        cnf, variable_bias, polarity, cache_mb, None if cdi is None else int(cdi)
+    )
     if empty:
         return CountInfo(0, "ok", 0, 0, 0, 0, 0, 0, 0, 0.0)
     _warm_up()
@@ -311,6 +338,8 @@ def count(
         cache_invalidations=int(c[core.INVALIDATED]),
         failed_literals=int(c[core.FAILED]),
         backjumps=int(c[core.JUMPS]),
+        deleted_clauses=int(c[core.DELETED]),
+        clause_reductions=int(c[core.REDUCTIONS]),
     )
 
 
