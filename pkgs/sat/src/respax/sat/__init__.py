@@ -2,6 +2,12 @@
 
 from importlib.metadata import version as _version
 
+from ._bvexpr import (
+    BVNode as BVNode,
+    bv_expr as bv_expr,
+    bv_expr_count as bv_expr_count,
+    random_bv_tree as random_bv_tree,
+)
 from ._cnf import (
     CNF as CNF,
     brute_force_count as brute_force_count,
