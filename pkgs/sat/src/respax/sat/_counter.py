@@ -97,25 +97,26 @@ def _prepare(cnf: CNF, bias, polarity, cache_mb: float, deletion_interval: int |
     lits = cnf.literals.astype(np.int64)
     offs = cnf.offsets
     enc = 2 * (np.abs(lits) - 1) + (lits < 0)
-    units: list[int] = []
-    long_lits: list[np.ndarray] = []
-    empty = False
-    for i in range(cnf.num_clauses):
-        c = np.unique(enc[offs[i] : offs[i + 1]])
-        if c.size == 0:
-            empty = True
-            continue
-        if c.size > 1 and np.any((c[1:] >> 1) == (c[:-1] >> 1)):
-            continue  # tautology
-        if c.size == 1:
-            units.append(int(c[0]))
-        else:
-            long_lits.append(c)
-    m = len(long_lits)
-    sizes = np.array([c.size for c in long_lits], np.int64)
+    # vectorised per clause: sort its literals, drop repeats, drop tautologies (x and -x)
+    total = cnf.num_clauses
+    cid = np.repeat(np.arange(total), np.diff(offs))
+    order = np.lexsort((enc, cid))
+    e, c = enc[order], cid[order]
+    fresh = np.ones(e.size, bool)
+    fresh[1:] = (c[1:] != c[:-1]) | (e[1:] != e[:-1])
+    e, c = e[fresh], c[fresh]
+    taut = np.zeros(total, bool)
+    clash = (c[1:] == c[:-1]) & ((e[1:] >> 1) == (e[:-1] >> 1))
+    taut[c[1:][clash]] = True
+    size = np.bincount(c, minlength=total)
+    empty = bool(np.any(size == 0))
+    units = e[(size[c] == 1) & ~taut[c]].tolist()
+    is_long = (size > 1) & ~taut
+    m = int(is_long.sum())
+    sizes = size[is_long].astype(np.int64)
     cl_start = np.zeros(m + 1, np.int64)
     cl_start[1:] = np.cumsum(sizes)
-    cl_lits = (np.concatenate(long_lits) if m else np.zeros(0, np.int64)).astype(np.int32)
+    cl_lits = e[is_long[c]].astype(np.int32)
     owner = np.repeat(np.arange(m, dtype=np.int32), sizes)
     var_of = cl_lits >> 1
     order = np.argsort(var_of, kind="stable")
