@@ -26,6 +26,12 @@ __all__ = ["make_game_app", "serve_game"]
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
+# the pages' JSON POST helper (errors come back as {"error": message})
+_CALL_JS = """async function call(path, body) {
+  const r = await fetch(path, {method: "POST", headers: {"Content-Type": "application/json"},
+                               body: JSON.stringify(body)});
+  const j = await r.json(); if (!r.ok) throw new Error(j.error); return j; }"""
+
 _PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>Next-token game</title>
 <style>
@@ -52,10 +58,7 @@ const $ = (id) => document.getElementById(id);
 function show(s) { $("player").textContent = player;
   $("score").textContent = s.correct + "/" + s.guesses;
   $("prefix").textContent = s.prefix; }
-async function call(path, body) {
-  const r = await fetch(path, {method: "POST", headers: {"Content-Type": "application/json"},
-                               body: JSON.stringify(body)});
-  const j = await r.json(); if (!r.ok) throw new Error(j.error); return j; }
+CALL_JS
 $("start").onclick = async () => { player = $("name").value.trim();
   try { show(await call("/api/state", {player})); $("login").hidden = true;
         $("game").hidden = false; $("guess").focus(); }
@@ -69,7 +72,7 @@ $("form").onsubmit = async (ev) => { ev.preventDefault();
   catch (e) { $("error").textContent = e.message; } };
 $("newdoc").onclick = async () => { show(await call("/api/new", {player})); };
 </script></body></html>
-"""
+""".replace("CALL_JS", _CALL_JS)
 
 
 _PAIR_PAGE = """<!doctype html>
@@ -106,10 +109,7 @@ function show(s) { $("player").textContent = player;
   $("progress").textContent = kind + (s.index + 1) + "/" + s.total;
   $("prefix").textContent = s.prefix; $("a").textContent = s.a; $("b").textContent = s.b;
   $("buttons").hidden = s.auto; $("same").hidden = !s.auto; }
-async function call(path, body) {
-  const r = await fetch(path, {method: "POST", headers: {"Content-Type": "application/json"},
-                               body: JSON.stringify(body)});
-  const j = await r.json(); if (!r.ok) throw new Error(j.error); return j; }
+CALL_JS
 $("start").onclick = async () => { player = $("name").value.trim();
   try { show(await call("/api/pair/state", {player})); $("login").hidden = true;
         if (!$("finished").hidden) return; $("game").hidden = false; }
@@ -126,7 +126,7 @@ for (const b of document.querySelectorAll("#buttons button"))
   b.onclick = () => answer(parseFloat(b.dataset.choice));
 $("next").onclick = () => answer(null);
 </script></body></html>
-""".replace(
+""".replace("CALL_JS", _CALL_JS).replace(
     "BUTTONS",
     "".join(
         f'<button id="c{round(b * 100)}" data-choice="{b}">{round(b * 100)}%</button>'
@@ -177,77 +177,30 @@ def make_game_app(
         # validated once here, so a bad question list fails at start-up, not at the first player
         PairGame(questions, vocab, log_path, "check", n_training=n_training, seed=seed)
 
-    def game_for(body) -> TopOneGame:
+    def player_of(body) -> str:
         player = body.get("player") if isinstance(body, dict) else None
         if not isinstance(player, str) or not player.strip():
             raise ValueError("enter a name to play (it lets you resume later).")
-        player = player.strip()
+        return player.strip()
+
+    def game_for(body) -> TopOneGame:
+        player = player_of(body)
         if player not in games:
             games[player] = TopOneGame(docs, vocab, log_path, player, seed=seed)
         return games[player]
 
-    def state(game):
-        p = game.current()
-        return {"prefix": p.prefix_text, "guesses": p.guesses, "correct": p.correct,
-                "doc_id": p.doc_id, "position": p.position}  # fmt: skip
-
-    async def read(request):
-        try:
-            return await request.json()
-        except ValueError:
-            return None
-
-    async def api_state(request):
-        body = await read(request)
-        with lock:
-            try:
-                return JSONResponse(state(game_for(body)))
-            except ValueError as e:
-                return JSONResponse({"error": str(e)}, status_code=400)
-
-    async def api_guess(request):
-        body = await read(request)
-        with lock:
-            try:
-                game = game_for(body)
-                text = body.get("text")
-                if not isinstance(text, str):
-                    raise ValueError("`text` must be the typed token.")
-                fb = game.guess(text)
-            except ValueError as e:
-                return JSONResponse({"error": str(e)}, status_code=400)
-            return JSONResponse(
-                {
-                    "correct": fb.correct,
-                    "target": fb.target_text,
-                    "target_shown": show_token(fb.target_text),
-                    "state": state(game),
-                }
-            )
-
-    async def api_new(request):
-        body = await read(request)
-        with lock:
-            try:
-                game = game_for(body)
-            except ValueError as e:
-                return JSONResponse({"error": str(e)}, status_code=400)
-            game.new_document()
-            return JSONResponse(state(game))
-
-    async def page(request):
-        return HTMLResponse(_PAGE)
-
     def pair_for(body) -> PairGame:
-        player = body.get("player") if isinstance(body, dict) else None
-        if not isinstance(player, str) or not player.strip():
-            raise ValueError("enter a name to play (it lets you resume later).")
-        player = player.strip()
+        player = player_of(body)
         if player not in pair_games:
             pair_games[player] = PairGame(
                 questions, vocab, log_path, player, n_training=n_training, seed=seed
             )
         return pair_games[player]
+
+    def state(game):
+        p = game.current()
+        return {"prefix": p.prefix_text, "guesses": p.guesses, "correct": p.correct,
+                "doc_id": p.doc_id, "position": p.position}  # fmt: skip
 
     def pair_state(game: PairGame):
         if game.done:
@@ -257,47 +210,69 @@ def make_game_app(
                 "prefix": p.prefix_text, "a": show_token(p.a_text), "b": show_token(p.b_text),
                 "auto": p.auto, "total_score": game.total_score}  # fmt: skip
 
-    def no_pair():
-        return JSONResponse(
-            {"error": "this server has no perplexity-game questions (make_game_app(questions=))"},
-            status_code=404,
-        )
+    async def handle(request, fn, needs_questions=False):
+        """`fn(body) -> dict` under the lock; a ValueError becomes a 400 with its message."""
+        if needs_questions and questions is None:
+            return JSONResponse(
+                {"error": "this server has no perplexity-game questions "
+                          "(make_game_app(questions=))"},
+                status_code=404,
+            )  # fmt: skip
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        with lock:
+            try:
+                return JSONResponse(fn(body))
+            except ValueError as e:
+                return JSONResponse({"error": str(e)}, status_code=400)
+
+    def guess(body):
+        game = game_for(body)
+        text = body.get("text")
+        if not isinstance(text, str):
+            raise ValueError("`text` must be the typed token.")
+        fb = game.guess(text)
+        return {"correct": fb.correct, "target": fb.target_text,
+                "target_shown": show_token(fb.target_text), "state": state(game)}  # fmt: skip
+
+    def new_document(body):
+        game = game_for(body)
+        game.new_document()
+        return state(game)
+
+    def answer(body):
+        game = pair_for(body)
+        if game.done:
+            raise ValueError(f"{game.player} has answered every question.")
+        training = game.current().training
+        fb = game.answer(body.get("choice"))
+        return {"a_is_true": fb.a_is_true, "g": fb.g, "score": fb.score,
+                "training": training, "state": pair_state(game)}  # fmt: skip
+
+    async def page(request):
+        return HTMLResponse(_PAGE)
 
     async def pair_page(request):
-        return no_pair() if questions is None else HTMLResponse(_PAIR_PAGE)
+        if questions is None:
+            return await handle(request, None, needs_questions=True)
+        return HTMLResponse(_PAIR_PAGE)
+
+    async def api_state(request):
+        return await handle(request, lambda body: state(game_for(body)))
+
+    async def api_guess(request):
+        return await handle(request, guess)
+
+    async def api_new(request):
+        return await handle(request, new_document)
 
     async def api_pair_state(request):
-        if questions is None:
-            return no_pair()
-        body = await read(request)
-        with lock:
-            try:
-                return JSONResponse(pair_state(pair_for(body)))
-            except ValueError as e:
-                return JSONResponse({"error": str(e)}, status_code=400)
+        return await handle(request, lambda body: pair_state(pair_for(body)), True)
 
     async def api_pair_answer(request):
-        if questions is None:
-            return no_pair()
-        body = await read(request)
-        with lock:
-            try:
-                game = pair_for(body)
-                if game.done:
-                    raise ValueError(f"{game.player} has answered every question.")
-                training = game.current().training
-                fb = game.answer(body.get("choice"))
-            except ValueError as e:
-                return JSONResponse({"error": str(e)}, status_code=400)
-            return JSONResponse(
-                {
-                    "a_is_true": fb.a_is_true,
-                    "g": fb.g,
-                    "score": fb.score,
-                    "training": training,
-                    "state": pair_state(game),
-                }  # fmt: skip
-            )
+        return await handle(request, answer, True)
 
     return Starlette(
         routes=[

@@ -14,6 +14,7 @@ variables that occur in the expression.
 """
 
 import dataclasses
+import operator
 
 import numpy as np
 
@@ -24,6 +25,23 @@ _UNARY = ("~", "abs", "neg")
 _ARITH = ("+", "-")
 _BITWISE = ("&", "|", "^")
 _CMP = ("==", "!=", "<", "<=", ">", ">=")
+# one table for the circuit (py-aiger-bv words) and the oracle (numpy integer arrays)
+_OPS = {
+    "~": operator.invert,
+    "abs": abs,
+    "neg": operator.neg,
+    "+": operator.add,
+    "-": operator.sub,
+    "&": operator.and_,
+    "|": operator.or_,
+    "^": operator.xor,
+    "==": operator.eq,
+    "!=": operator.ne,
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,23 +113,7 @@ def _circuit(node: BVNode, width: int):
             return BV.atom(width, f"x{n.value}", signed=True)
         if n.op == "const":
             return BV.atom(width, n.value, signed=True)
-        a = [build(c) for c in n.args]
-        return {
-            "~": lambda: ~a[0],
-            "abs": lambda: abs(a[0]),
-            "neg": lambda: -a[0],
-            "+": lambda: a[0] + a[1],
-            "-": lambda: a[0] - a[1],
-            "&": lambda: a[0] & a[1],
-            "|": lambda: a[0] | a[1],
-            "^": lambda: a[0] ^ a[1],
-            "==": lambda: a[0] == a[1],
-            "!=": lambda: a[0] != a[1],
-            "<": lambda: a[0] < a[1],
-            "<=": lambda: a[0] <= a[1],
-            ">": lambda: a[0] > a[1],
-            ">=": lambda: a[0] >= a[1],
-        }[n.op]()
+        return _OPS[n.op](*(build(c) for c in n.args))
 
     return build(node)
 
@@ -162,23 +164,7 @@ def bv_expr_count(size: int = 5, num_vars: int = 4, width: int = 8, *, seed: int
             return signed(value[n.value])
         if n.op == "const":
             return np.full(grid.shape, signed(np.int64(n.value)))
-        a = [ev(c) for c in n.args]
-        out = {
-            "~": lambda: ~a[0],
-            "abs": lambda: np.abs(a[0]),
-            "neg": lambda: -a[0],
-            "+": lambda: a[0] + a[1],
-            "-": lambda: a[0] - a[1],
-            "&": lambda: a[0] & a[1],
-            "|": lambda: a[0] | a[1],
-            "^": lambda: a[0] ^ a[1],
-            "==": lambda: a[0] == a[1],
-            "!=": lambda: a[0] != a[1],
-            "<": lambda: a[0] < a[1],
-            "<=": lambda: a[0] <= a[1],
-            ">": lambda: a[0] > a[1],
-            ">=": lambda: a[0] >= a[1],
-        }[n.op]()
+        out = _OPS[n.op](*(ev(c) for c in n.args))
         return out if n.op in _CMP else signed(out)
 
     return int(ev(tree).sum())
