@@ -99,3 +99,26 @@ def test_bad_arguments(kwargs, match):
         perlin_noise((4, 4), seed=0, octaves=0)
     with pytest.raises(TypeError, match="seed"):
         grid_world(4, 2, seed=1.5)
+
+
+@pytest.mark.slow
+def test_formula_does_not_depend_on_the_string_hash_seed():
+    # py-aiger's traversal follows Python's per-process string hashing; the CNF must not
+    import subprocess
+    import sys
+
+    code = (
+        "import hashlib; from respax.sat import grid_world; "
+        "print(hashlib.sha1(grid_world(6, 3, seed=5).cnf.literals.tobytes()).hexdigest())"
+    )
+    out = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            env={**__import__("os").environ, "PYTHONHASHSEED": str(h)},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for h in (1, 2)
+    }
+    assert len(out) == 1

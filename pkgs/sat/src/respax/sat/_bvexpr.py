@@ -19,7 +19,7 @@ import operator
 import numpy as np
 
 from ._cnf import CNF
-from ._families import Instance, _signed_rng
+from ._families import Instance, _signed_rng, canonical_tseitin
 
 _UNARY = ("~", "abs", "neg")
 _ARITH = ("+", "-")
@@ -136,9 +136,10 @@ def bv_expr(size: int = 5, num_vars: int = 4, width: int = 8, *, seed: int) -> I
     tree = random_bv_tree(size, num_vars, width, seed=seed)
     circ = _circuit(tree, width)
     cnf = aiger_cnf.aig2cnf(circ.aig)  # asserts the single output
-    clauses = [list(c) for c in cnf.clauses]
+    names = {abs(lit): name for name, lit in [*cnf.input2lit.items(), *cnf.output2lit.items()]}
+    clauses, remap = canonical_tseitin(cnf.clauses, names)
     # inputs that the Tseitin clauses never mention (a word folded away) stay free variables
-    n = max([abs(v) for c in clauses for v in c] + list(cnf.input2lit.values()) + [0])
+    n = len(remap)
     name = f"bv_expr({size},{num_vars},{width})#{seed}"
     return Instance(CNF.from_clauses(clauses, num_vars=n), name, np.zeros(n))
 

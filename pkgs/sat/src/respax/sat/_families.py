@@ -205,3 +205,46 @@ def sample_filtered(
         if len(out) == num:
             return out
     raise ValueError(f"only {len(out)} of {num} instances passed the filter in {max_tries} tries")
+
+
+def canonical_tseitin(clauses, names: dict[int, str]):
+    """Renumber a Tseitin CNF so that it no longer depends on the converter's traversal order
+    (py-aiger's follows Python's per-process string hashing): variables are ordered by colour
+    refinement (Weisfeiler-Lehman) of the clause graph, started from the `names` of the input
+    and output variables, and the clauses are sorted. Variables left with equal colours are
+    symmetric in every respect the refinement sees; they keep their relative order.
+
+    Returns the new clauses and the old -> new variable map.
+
+    Example:
+        >>> canonical_tseitin([[-3, 1], [3, -1]], {1: "x"})[0]
+        [[-2, 1], [-1, 2]]
+    """
+    import hashlib
+
+    variables = sorted({abs(v) for c in clauses for v in c} | set(names))
+    colour = {v: names.get(v, "") for v in variables}
+    occurs: dict[int, list[int]] = {v: [] for v in variables}
+    for i, c in enumerate(clauses):
+        for u in c:
+            occurs[abs(u)].append(i)
+    distinct = len(set(colour.values()))
+    for _ in range(len(variables)):
+        new = {}
+        for v in variables:
+            sig = sorted(
+                repr(sorted(((u > 0) == (w > 0), u == w, colour[abs(u)]) for u in clauses[i]))
+                for i in occurs[v]
+                for w in clauses[i]
+                if abs(w) == v
+            )
+            new[v] = hashlib.sha1((colour[v] + "|" + "|".join(sig)).encode()).hexdigest()
+        colour = new
+        if len(set(colour.values())) == distinct:
+            break
+        distinct = len(set(colour.values()))
+    rank = {v: i for i, v in enumerate(variables)}
+    order = sorted(variables, key=lambda v: (colour[v], rank[v]))
+    remap = {v: i + 1 for i, v in enumerate(order)}
+    out = sorted(sorted((remap[abs(u)] if u > 0 else -remap[abs(u)]) for u in c) for c in clauses)
+    return out, remap

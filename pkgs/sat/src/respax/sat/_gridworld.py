@@ -23,7 +23,7 @@ py-aiger, py-aiger-bv and py-aiger-cnf are the `respax-sat[families]` extra.
 import numpy as np
 
 from ._cnf import CNF
-from ._families import Instance, _signed_rng
+from ._families import Instance, _signed_rng, canonical_tseitin
 
 LAVA_BELOW = -0.27  # the authors' threshold on the noise value for "red" (lava) cells
 
@@ -146,11 +146,19 @@ def grid_world(size: int, horizon: int, *, seed: int) -> Instance:
 
     lava, (sx, sy) = grid_world_layout(size, seed=seed)
     step = aiger_cnf.aig2cnf(_step_circuit(lava).aig, force_true=False)
+    names = {abs(lit): name for name, lit in [*step.input2lit.items(), *step.output2lit.items()]}
+    step_clauses, remap = canonical_tseitin(step.clauses, names)
+
+    def moved(lit):
+        return remap[abs(lit)] if lit > 0 else -remap[abs(lit)]
+
+    input2lit = {name: moved(lit) for name, lit in step.input2lit.items()}
+    output2lit = {name: moved(lit) for name, lit in step.output2lit.items()}
     state = {f"x[{i}]": f"x2[{i}]" for i in range(size)}
     state |= {f"y[{i}]": f"y2[{i}]" for i in range(size)}
     state["ok[0]"] = "ok2[0]"
-    inputs = {abs(lit): (name, lit > 0) for name, lit in step.input2lit.items()}
-    local_vars = sorted({abs(v) for c in step.clauses for v in c} | set(inputs))
+    inputs = {abs(lit): (name, lit > 0) for name, lit in input2lit.items()}
+    local_vars = sorted({abs(v) for c in step_clauses for v in c} | set(inputs))
     # Global variable 1 is constant true; the initial state is literals of it.
     clauses: list[list[int]] = [[1]]
     init = {f"x[{i}]": i == sx for i in range(size)} | {f"y[{i}]": i == sy for i in range(size)}
@@ -166,10 +174,10 @@ def grid_world(size: int, horizon: int, *, seed: int) -> Instance:
             else:
                 times.append(t)
                 local[v] = len(times)
-        clauses += [[local[abs(u)] if u > 0 else -local[abs(u)] for u in c] for c in step.clauses]
+        clauses += [[local[abs(u)] if u > 0 else -local[abs(u)] for u in c] for c in step_clauses]
         prev = {}
         for name, out in state.items():
-            lit = step.output2lit[out]
+            lit = output2lit[out]
             prev[name] = local[abs(lit)] if lit > 0 else -local[abs(lit)]
     clauses.append([prev["ok[0]"]])
     cnf = CNF.from_clauses(clauses, num_vars=len(times))
