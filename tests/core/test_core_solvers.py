@@ -35,10 +35,16 @@ def _op(a):
 def _krylov_oracle(a, b, k):
     """The CG iterate after k steps: the A-norm-optimal point of the k-dim Krylov subspace."""
     a, b = np.asarray(a), np.asarray(b)
-    cols = [b]
+    # an orthonormal Krylov basis by Arnoldi with re-orthogonalisation (a QR of the power basis
+    # b, Ab, ... loses the subspace to rounding once cond^k is large)
+    basis = [b / np.linalg.norm(b)]
     for _ in range(k - 1):
-        cols.append(a @ cols[-1])
-    v, _ = np.linalg.qr(np.stack(cols, 1))
+        w = a @ basis[-1]
+        for _ in range(2):
+            for u in basis:
+                w = w - (u @ w) * u
+        basis.append(w / np.linalg.norm(w))
+    v = np.stack(basis, 1)
     return v @ np.linalg.solve(v.T @ a @ v, v.T @ b)
 
 
@@ -71,8 +77,10 @@ def test_cg_iterate_is_the_krylov_minimizer(seed, n, k, cond):
     a = _spd(seed, n, cond)
     b = jax.random.normal(jax.random.key(seed + 1), (n,), jnp.float64)
     x, info = linear_solve_with_info(_op(a), b, CG(max_steps=k, rtol=0.0), throw=False)
-    oracle = _krylov_oracle(a, b, k)  # the power basis is ill-conditioned: compare in norm
-    assert np.linalg.norm(x - oracle) <= 1e-6 * np.linalg.norm(oracle)
+    oracle = _krylov_oracle(a, b, k)
+    # CG in floating point drifts from the exact Krylov iterate as its residuals lose
+    # orthogonality: measured 1.6e-5 relative at n = k = 10, cond 1e3 (1e-6 at cond 496)
+    assert np.linalg.norm(x - oracle) <= 1e-8 * cond * n * np.linalg.norm(oracle)
     assert int(info.num_steps) <= k
 
 
