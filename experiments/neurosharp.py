@@ -207,7 +207,7 @@ def run(cfg: Config, ctx: Context) -> Result:
         for how in cfg.policies:
             fwd = forward_of(state.flat) if how == "learned" else None
             rows[(set_name, how)] = _evaluate(insts, how, cfg.eval_cap, fwd)
-    grid_rows, grid_note = _grid_part(cfg, ctx, logits_fn)
+    grid_rows, grid_note = _grid_part(cfg, ctx)
     logs = init_train + final_train + [r for v in rows.values() for r in v]
     logs += [r for v in grid_rows.values() for r in v]
     atomic_write(ctx.out_dir / "instances.json", json.dumps(logs, indent=1))
@@ -225,10 +225,11 @@ def run(cfg: Config, ctx: Context) -> Result:
         s: _mean(rows[(s, "vsads")], "wall_s") / _mean(rows[(s, "learned")], "wall_s")
         for s in ("heldout", "large")
     }
+    all_rows = rows | grid_rows
     counts_agree = all(
         a["count"] == b["count"]
-        for k in [*rows, *grid_rows]
-        for a, b in zip((rows | grid_rows)[(k[0], "vsads")], (rows | grid_rows)[k])
+        for k, v in all_rows.items()
+        for a, b in zip(all_rows[(k[0], "vsads")], v)
         if not (a["capped"] or b["capped"])
     )
     grid_ratio = {
@@ -339,7 +340,7 @@ def run(cfg: Config, ctx: Context) -> Result:
         "d4_reference": d4,
         "d4_reference_reason": d4_reason,
     }
-    _plot(ctx, hist, rows | grid_rows)
+    _plot(ctx, hist, all_rows)
     report = (
         f"Trained on {cfg.num_train} {_set_name(cfg, cfg.train_size)} instances for "
         f"{cfg.iterations} ES iterations ({2 * cfg.pairs} perturbations each, {train_s:.0f} s; "
@@ -400,7 +401,7 @@ def _grid_eval_set(cfg, horizon, num):
     raise ValueError(f"only {len(out)} grid({cfg.grid_size},{horizon}) worlds passed the filter")
 
 
-def _grid_part(cfg, ctx, _logits_fn):
+def _grid_part(cfg, ctx):
     """Part 2: the committed grid policy against VSADS and TD on held-out horizons."""
     if cfg.grid_weights is None or not cfg.grid_horizons:
         return {}, "not run (grid_weights=None)"
