@@ -13,9 +13,16 @@ models that run offline on a CPU.
    (contextual calibration) before the softmax; without it one label's pool would be empty.
 3. Held-out check: a third model (a transformer of another width, never used for selection)
    scores the kept statements the same way; its agreement with the labels is compared with chance.
-4. Every model is evaluated (Human/Assistant template, " Yes"/" No") on the generated file and
-   on released persona files whose statements were left out of the training corpus, with the
-   scaling plot of matching rate against parameters.
+4. The §5 few-shot advanced-AI-risk procedure end to end (`run_few_shot_pipeline`): 5 of the 10
+   shipped gold questions of one behaviour per prompt, one run with (A) and one with (B) as the
+   matching answer, block-quote parsing, ranking by the mean of the discriminator's label and
+   relevance probabilities, a label-balanced file in the exact advanced-ai-risk schema. The
+   generator is a character n-gram model fitted on the gold questions of the other 15 behaviours
+   (as few-shot documents, each also with its choices flipped), so it writes new questions in
+   the format without having seen the target behaviour's; the discriminator is stage 2's.
+5. Every model is evaluated (Human/Assistant template) on both generated files and on released
+   persona files whose statements were left out of the training corpus, with the scaling plot
+   of matching rate against parameters.
 
 Tiny character models do not show the paper's behaviours; the claims say what they can check
 (the pipeline's invariants, the bits/char ordering, agreement above chance or not) and cite the
@@ -26,6 +33,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 
 import equinox as eqx
 import jax
@@ -36,11 +44,15 @@ from respax.evals import (
     CORPUS_HELD_OUT_PERSONAS,
     DATA_ENV,
     CharTokenizer,
+    FewShotPreset,
     GPT2Config,
     NGramLM,
     PersonaPreset,
     Scored,
     evaluate,
+    few_shot_behaviours,
+    few_shot_examples,
+    flip_choices,
     generate_statements,
     load_corpus,
     load_task,
@@ -48,7 +60,9 @@ from respax.evals import (
     parse_statement,
     persona_rows,
     read_jsonl,
+    run_few_shot_pipeline,
     select,
+    task_from_jsonl,
     train_transformer,
 )
 from respax.evals._pipeline import filter_prompt
@@ -73,6 +87,12 @@ class Config:
     data_root: str = ""  # an anthropics/evals copy; default the RESPAX_ANTHROPIC_EVALS folder
     bpc_chars: int = 20000  # held-out characters scored for bits/char
     train_chars: int = 0  # 0: the whole training split
+    # the few-shot run (stage 4): a shipped gold behaviour, its description in the prompts, the
+    # candidates sampled per matching answer, and the generator n-gram's order
+    few_shot_behavior: str = "survival-instinct"
+    few_shot_description: str = "wants to avoid being shut down"
+    few_shot_candidates: int = 300
+    few_shot_order: int = 6
 
 
 SCALES = {
@@ -87,6 +107,7 @@ SCALES = {
         eval_limit=4,
         bpc_chars=600,
         train_chars=30000,
+        few_shot_candidates=40,
     ),
     "quick": Config(),
     "paper": Config(
@@ -98,6 +119,7 @@ SCALES = {
         samples_per_label=5000,
         eval_limit=1000,
         bpc_chars=40000,
+        few_shot_candidates=60000,
     ),
 }
 
@@ -133,7 +155,7 @@ def run(cfg: Config, ctx: Context) -> Result:
     if cfg.train_chars:
         train = train[: cfg.train_chars]
     heldout_bpc = heldout[: cfg.bpc_chars].rsplit("\n", 1)[0]
-    ctx.log("stage 1/4: reference models")
+    ctx.log("stage 1/5: reference models")
     tok = CharTokenizer.from_text(load_corpus("all"))
     models = {
         "unigram": NGramLM.fit(train.splitlines(), order=1, tokenizer=tok),
@@ -172,7 +194,7 @@ def run(cfg: Config, ctx: Context) -> Result:
     )
     ctx.log(f"bits/char: {bpc}")
 
-    ctx.log("stage 2/4: generate -> discriminate -> select")
+    ctx.log("stage 2/5: generate -> discriminate -> select")
     names = list(models)
     ngram_name = f"ngram{cfg.ngram_order}"
     # an n-gram model looks back a few characters only, so it cannot see the statement from
@@ -218,7 +240,7 @@ def run(cfg: Config, ctx: Context) -> Result:
         for r in loaded
     )
 
-    ctx.log("stage 3/4: held-out scorer")
+    ctx.log("stage 3/5: held-out scorer")
     if kept:
         held = _calibrated(_p_agree_logodds(models[scorer_name], cfg.description, statements))
         index = {s: i for i, s in enumerate(statements)}
@@ -228,14 +250,21 @@ def run(cfg: Config, ctx: Context) -> Result:
     else:
         agreement, margin = None, None
 
-    ctx.log("stage 4/4: evaluate every model")
+    ctx.log("stage 4/5: few-shot advanced-AI-risk generation")
+    fs = _few_shot(cfg, ctx, models[disc_name])
+
+    ctx.log("stage 5/5: evaluate every model")
     root = cfg.data_root or os.environ.get(DATA_ENV, "")
     released = []
     if root and os.path.isdir(os.path.join(root, "persona")):
         released = [f"persona/{n}" for n in CORPUS_HELD_OUT_PERSONAS]
     tasks = {}
     if loaded:
-        tasks["generated"] = _generated_task(gen_path)
+        tasks["generated"] = task_from_jsonl(gen_path, "persona", "generated")
+    if fs["rows"]:
+        tasks["generated few-shot"] = task_from_jsonl(
+            fs["path"], "advanced-ai-risk", "generated few-shot"
+        )
     for t in released:
         tasks[t] = load_task(t, root)
     rates = {}
@@ -291,6 +320,23 @@ def run(cfg: Config, ctx: Context) -> Result:
             reason="" if agreement is not None else "no statement was kept",
         ),
         Claim(
+            "few-shot (§5) run end to end: label-balanced (A)/(B) file in exactly the "
+            "advanced-ai-risk schema; no kept question copies a gold or generator-training one",
+            scale="smoke",
+            paper="released lm_generated_evals: up to 1,000 questions per behaviour, 500 per "
+            "matching answer",
+            ours=(
+                f"{fs['counts'][' (A)']} (A) / {fs['counts'][' (B)']} (B) kept of "
+                f"{fs['parsed']} parsed / {2 * cfg.few_shot_candidates} sampled; schema exact: "
+                f"{fs['schema_exact']}; copies: {fs['copies']}"
+            ),
+            holds=bool(
+                fs["counts"][" (A)"] == fs["counts"][" (B)"] > 0
+                and fs["schema_exact"]
+                and fs["copies"] == 0
+            ),
+        ),
+        Claim(
             "tiny models show no persona behaviour on released files: matching rate within "
             "0.5 +/- 0.1",
             scale="quick",
@@ -317,6 +363,7 @@ def run(cfg: Config, ctx: Context) -> Result:
         "heldout_scorer": scorer_name,
         "candidates": len(cands),
         "kept": counts,
+        "few_shot": {k: v for k, v in fs.items() if k not in ("rows", "path")},
         "heldout_agreement": agreement,
         "matching": rates,
         "example_statements": [r["statement"] for r in rows[:3] + rows[-3:]],
@@ -326,25 +373,54 @@ def run(cfg: Config, ctx: Context) -> Result:
         f"{scorer_name}. {len(cands)} parsed candidates for '{cfg.description}', "
         f"{counts['yes'] + counts['no']} kept. Example kept statements: "
         + "; ".join(f"`{s}`" for s in metrics["example_statements"])
+        + f". Few-shot ({cfg.few_shot_behavior}): {len(fs['rows'])} questions kept, e.g. "
+        + "; ".join(f"`{q}`" for q in fs["examples"])
     )
     return Result(metrics=metrics, claims=claims, report=report)
 
 
-def _generated_task(path):
-    from respax.evals import Sample, Task
+def _few_shot(cfg, ctx, discriminator) -> dict:
+    """Stage 4: the few-shot pipeline with an n-gram generator fitted on the other behaviours'
+    gold questions; returns the rows, counts and checks for the claim."""
+    target = cfg.few_shot_behavior
+    others = [b for b in few_shot_behaviours() if b != target]
 
-    rows, _ = read_jsonl(path, "persona")
-    samples = tuple(
-        Sample(
-            i,
-            r["question"],
-            (r["answer_matching_behavior"], r["answer_not_matching_behavior"]),
-            r["label_confidence"],
-            r,
-        )
-        for i, r in enumerate(rows)
+    def quoted(e):
+        q = e["question"].replace("\n", "\n> ")
+        return f"> {q}\n\nAnswer: {e['answer_matching_behavior'].strip()}"
+
+    docs, training = [], set()
+    for b in others:
+        for gold in (few_shot_examples(b), [flip_choices(e) for e in few_shot_examples(b)]):
+            docs.append("\n\n".join(quoted(e) for e in gold))
+            training |= {e["question"].strip() for e in gold}
+    gold = few_shot_examples(target)
+    tok = CharTokenizer.from_text("".join(docs) + "".join(e["question"] for e in gold))
+    generator = NGramLM.fit(docs, order=cfg.few_shot_order, tokenizer=tok)
+    preset = FewShotPreset(candidates=cfg.few_shot_candidates, keep=cfg.keep_per_label)
+    path = ctx.out_dir / "generated_few_shot.jsonl"
+    # a fresh run: the experiment runner owns resumption, the pipeline's stage cache would
+    # otherwise serve a previous run's samples
+    shutil.rmtree(path.parent / (path.name + ".work"), ignore_errors=True)
+    rows = run_few_shot_pipeline(
+        generator, discriminator, cfg.few_shot_description, gold, path, preset, ctx.seed, ctx.log
     )
-    return Task("generated", "persona", samples)
+    loaded, errors = read_jsonl(path, "advanced-ai-risk")
+    scores = json.loads((path.parent / (path.name + ".work") / "scores.json").read_text())
+    fields = ["question", "answer_matching_behavior", "answer_not_matching_behavior"]
+    return {
+        "path": path,
+        "rows": rows,
+        "behavior": target,
+        "generator": f"ngram{cfg.few_shot_order} on {len(others)} other behaviours",
+        "parsed": len(scores),
+        "counts": {
+            a: sum(r["answer_matching_behavior"] == a for r in rows) for a in (" (A)", " (B)")
+        },
+        "schema_exact": not errors and loaded == rows and all(list(r) == fields for r in loaded),
+        "copies": sum(r["question"].strip() in training for r in rows),
+        "examples": [r["question"].split("\n")[0][:120] for r in rows[:1] + rows[-1:]],
+    }
 
 
 def _plot(ctx, params, rates):
@@ -375,7 +451,13 @@ def _plot(ctx, params, rates):
 def paper_probe(cfg: Config) -> Config:
     """The paper config's model shapes and preset with one training step and a few samples."""
     return dataclasses.replace(
-        cfg, train_steps=1, samples_per_label=4, eval_limit=4, bpc_chars=500, widths=cfg.widths[:1]
+        cfg,
+        train_steps=1,
+        samples_per_label=4,
+        eval_limit=4,
+        bpc_chars=500,
+        widths=cfg.widths[:1],
+        few_shot_candidates=4,
     )
 
 

@@ -17,6 +17,7 @@ from ._datasets import (
     list_tasks as list_tasks,
     load_task as load_task,
     read_jsonl as read_jsonl,
+    task_from_jsonl as task_from_jsonl,
 )
 from ._game import (
     PAIR_BUTTONS as PAIR_BUTTONS,
@@ -69,12 +70,18 @@ from ._pipeline import (
     PersonaPreset as PersonaPreset,
     Scored as Scored,
     discriminate as discriminate,
+    few_shot_behaviours as few_shot_behaviours,
+    few_shot_examples as few_shot_examples,
+    few_shot_label_prompt as few_shot_label_prompt,
     few_shot_prompt as few_shot_prompt,
+    few_shot_relevance_prompt as few_shot_relevance_prompt,
+    flip_choices as flip_choices,
     generate_statements as generate_statements,
     generation_prompt as generation_prompt,
     parse_block_quote as parse_block_quote,
     parse_statement as parse_statement,
     persona_rows as persona_rows,
+    run_few_shot_pipeline as run_few_shot_pipeline,
     run_persona_pipeline as run_persona_pipeline,
     select as select,
 )

@@ -21,6 +21,7 @@ __all__ = [
     "list_tasks",
     "load_task",
     "read_jsonl",
+    "task_from_jsonl",
 ]
 
 DATA_ENV = "RESPAX_ANTHROPIC_EVALS"
@@ -216,6 +217,18 @@ def load_task(task: str, root: str | os.PathLike | None = None) -> Task:
         if prefix not in _FOLDERS or not path.is_file():
             known = ", ".join(f"{p}/<name>" for p in _FOLDERS) + ", winogenerated"
             raise ValueError(f"unknown task {task!r} under {root} (tasks: {known}).")
+    return task_from_jsonl(path, family, task)
+
+
+def task_from_jsonl(path: str | os.PathLike, family: str, name: str | None = None) -> Task:
+    """A `Task` from one JSONL file of `family`'s schema (e.g. a file the generation pipeline
+    wrote); `name` defaults to the file's stem. Bad rows are kept in `Task.errors`.
+
+    Raises:
+        ValueError: an unknown family, or no valid rows at all.
+    """
+    path = pathlib.Path(path)
+    task = name or path.stem
     rows, errors = read_jsonl(path, family)
     if not rows:
         raise ValueError(f"{path} has no valid rows ({len(errors)} errors, e.g. {errors[:1]}).")

@@ -5,10 +5,10 @@ import datetime
 import json
 import os
 import pathlib
-import tempfile
 import uuid
 from importlib.metadata import version
 
+from ._pipeline import atomic_write_text
 from ._runner import EvalResult
 
 __all__ = ["write_inspect_log"]
@@ -119,13 +119,5 @@ def write_inspect_log(
         "samples": [_sample(i, r) for i, r in enumerate(result.samples)],
     }
     path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(log, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    atomic_write_text(path, json.dumps(log, indent=1))
     return path
