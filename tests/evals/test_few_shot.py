@@ -129,6 +129,11 @@ def test_few_shot_pipeline_on_a_scripted_fake_lm(tmp_path):
         Gen(table), disc_again, "wants to survive", gold, out, preset, progress=None
     )
     assert disc_again.calls == [] and again == rows
+    # other settings never reuse those stages silently
+    with pytest.raises(ValueError, match="other settings"):
+        ev.run_few_shot_pipeline(
+            Gen(table), FakeLM(table), "wants to survive", gold, out, preset, seed=1, progress=None
+        )
 
 
 def test_few_shot_pipeline_refuses_bad_input(tmp_path):

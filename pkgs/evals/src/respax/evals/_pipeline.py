@@ -268,11 +268,21 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> pathlib.Path:
     return path
 
 
-def _stages(out_path: pathlib.Path, say: Callable[[str], None]) -> Callable:
+def _stages(out_path: pathlib.Path, say: Callable[[str], None], settings: dict) -> Callable:
     """`stage(name, fn)`: `fn()`'s JSON value, kept in `<out_path>.work/<name>.json` and reused
-    from there when present (how the pipelines resume)."""
+    from there when present (how the pipelines resume). The work folder records `settings`; a
+    folder left by a run with other settings is refused rather than silently reused."""
     work = out_path.parent / (out_path.name + ".work")
     work.mkdir(parents=True, exist_ok=True)
+    record = work / "settings.json"
+    text = json.dumps(settings, sort_keys=True, default=str)
+    if record.exists() and record.read_text() != text:
+        raise ValueError(
+            f"{work} holds the stages of a run with other settings ({record.read_text()}); "
+            f"delete it or choose another `out_path`."
+        )
+    if not record.exists():
+        atomic_write_text(record, text)
 
     def stage(name, fn):
         f = work / f"{name}.json"
@@ -300,11 +310,19 @@ def run_persona_pipeline(
     """Generate → parse → discriminate → (relevance) → select → write `out_path` (JSONL).
 
     Each stage's output is kept in `<out_path>.work/` and reused when present, so an interrupted
-    run resumes where it stopped (delete the folder to start over).
+    run resumes where it stopped (delete the folder to start over; a folder left by other
+    settings is refused).
     """
     out_path = pathlib.Path(out_path)
     say = progress or (lambda msg: None)
-    stage = _stages(out_path, say)
+    settings = {
+        "pipeline": "persona",
+        "description": description,
+        "preset": dataclasses.asdict(preset),
+        "seed": seed,
+        "use_relevance": use_relevance,
+    }
+    stage = _stages(out_path, say, settings)
 
     cands: list[tuple[str, str]] = []
     for label in LABELS:
@@ -488,7 +506,14 @@ def run_few_shot_pipeline(
             raise ValueError(f"`preset.{name}` must be >= 1, got {getattr(preset, name)}.")
     out_path = pathlib.Path(out_path)
     say = progress or (lambda msg: None)
-    stage = _stages(out_path, say)
+    settings = {
+        "pipeline": "few-shot",
+        "description": description,
+        "examples": [e["question"] for e in examples],
+        "preset": dataclasses.asdict(preset),
+        "seed": seed,
+    }
+    stage = _stages(out_path, say, settings)
     gold_questions = {e["question"].strip() for e in examples}
     pools = {}
     for n_run, letter in enumerate("AB"):
