@@ -49,6 +49,9 @@ class Config:
     eval_cap: int = 20000
     time_feature: bool = True
     workers: int = 0  # 0: rollouts in this process; k: a pool of k spawned processes
+    # Rollouts as Ray tasks instead (the `ray` extra of respax-sat; `workers` is then unused):
+    # "" off, "local" starts a local Ray instance, else a cluster address ("auto", "ray://h:p").
+    ray_address: str = ""
     filter: bool = True  # Neuro#'s filter (drop UNSAT / too easy / too hard); off for the probe
     policies: tuple[str, ...] = ("vsads", "td", "learned")
     grid_weights: str | None = GRID_WEIGHTS  # committed grid policy (None: skip part 2)
@@ -174,7 +177,12 @@ def run(cfg: Config, ctx: Context) -> Result:
     state0, unflatten = sat.es_init(model, es_cfg)
     logits_fn = sat.make_logits_fn(unflatten)
     forms = [(i.cnf, i.time_step if nf else None) for i in train]
-    executor = sat.SerialExecutor() if cfg.workers == 0 else sat.process_pool(cfg.workers)
+    if cfg.ray_address:
+        executor = sat.ray_executor(None if cfg.ray_address == "local" else cfg.ray_address)
+    elif cfg.workers:
+        executor = sat.process_pool(cfg.workers)
+    else:
+        executor = sat.SerialExecutor()
 
     def step(carry, start):
         st, hist = carry

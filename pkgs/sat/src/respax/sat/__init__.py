@@ -33,6 +33,7 @@ from ._es import (
     make_logits_fn as make_logits_fn,
     policy_decisions as policy_decisions,
     process_pool as process_pool,
+    ray_executor as ray_executor,
     rollout_decisions as rollout_decisions,
 )
 from ._families import (

@@ -65,7 +65,7 @@ class SerialExecutor:
 
 def process_pool(workers: int) -> concurrent.futures.ProcessPoolExecutor:
     """The default executor: a local pool of `workers` spawned processes (each compiles the numba
-    core once). Any object with `.map(fn, tasks)` works (e.g. a Ray-backed one).
+    core once). Any object with `.map(fn, tasks)` and `.shutdown()` works (e.g. `ray_executor`'s).
 
     Example:
         >>> pool = process_pool(2)  # doctest: +SKIP
@@ -75,6 +75,82 @@ def process_pool(workers: int) -> concurrent.futures.ProcessPoolExecutor:
     return concurrent.futures.ProcessPoolExecutor(
         workers, mp_context=multiprocessing.get_context("spawn")
     )
+
+
+class _RayExecutor:
+    """`ray_executor`'s result: `map` runs each task as a Ray task, `shutdown` disconnects if
+    this executor connected."""
+
+    def __init__(self, ray: Any, owns_connection: bool):
+        self._ray = ray
+        self._owns_connection = owns_connection
+
+    def map(self, fn: Callable, tasks: Iterable) -> list:
+        remote = self._ray.remote(fn)
+        return self._ray.get([remote.remote(task) for task in tasks])  # in task order
+
+    def shutdown(self) -> None:
+        if self._owns_connection and self._ray.is_initialized():
+            self._ray.shutdown()
+        self._owns_connection = False
+
+
+def ray_executor(
+    address: str | None = None, *, num_cpus: int | None = None, **ray_init: Any
+) -> _RayExecutor:
+    """An executor that runs each rollout as a Ray task, on a local Ray instance or a cluster
+    (the `ray` extra: `pip install "respax-sat[ray]"`). `map` returns the results in task order.
+
+    Args:
+        address: None starts a local instance (or joins the cluster that `RAY_ADDRESS` names);
+            `"auto"` joins the cluster this machine is a node of; `"ray://host:port"` connects
+            to a cluster's head node through the Ray client. Every node needs respax-sat
+            installed (the same version), or a `runtime_env` that installs it.
+        num_cpus: CPUs of the local instance (default: all); only with `address=None`.
+        **ray_init: passed on to `ray.init` (e.g. `include_dashboard=False`, `runtime_env`).
+
+    If Ray is already initialised in this process, the executor uses that connection (pass no
+    arguments then) and `shutdown` leaves it open; otherwise `shutdown` disconnects (and stops
+    the local instance it started).
+
+    Example:
+        >>> executor = ray_executor(num_cpus=8, include_dashboard=False)  # doctest: +SKIP
+        >>> state, stats = es_step(state, formulas, logits_fn, cfg, executor,
+        ...                        key=key)  # doctest: +SKIP
+        >>> executor.shutdown()  # doctest: +SKIP
+    """
+    if address is not None and (not isinstance(address, str) or not address.strip()):
+        raise ValueError(
+            'address must be None (start a local instance), "auto" or "ray://host:port", '
+            f"got {address!r}"
+        )
+    if num_cpus is not None and (
+        not isinstance(num_cpus, int) or isinstance(num_cpus, bool) or num_cpus < 1
+    ):
+        raise ValueError(f"num_cpus must be None or a positive int, got {num_cpus!r}")
+    if num_cpus is not None and address is not None:
+        raise ValueError(
+            "num_cpus sets the size of a local instance; it cannot be given with address="
+            f"{address!r} (a cluster has its own CPUs)"
+        )
+    try:
+        import ray
+    except ImportError as e:
+        raise ImportError(
+            "ray_executor needs Ray, which respax-sat installs as an extra: "
+            'pip install "respax-sat[ray]"'
+        ) from e
+    if ray.is_initialized():
+        if address is not None or num_cpus is not None or ray_init:
+            raise ValueError(
+                "Ray is already initialised in this process: call ray_executor() without "
+                "arguments to use that connection, or ray.shutdown() first"
+            )
+        return _RayExecutor(ray, owns_connection=False)
+    if num_cpus is not None:
+        ray_init["num_cpus"] = num_cpus
+    ray.init(address, **ray_init)
+    return _RayExecutor(ray, owns_connection=True)
 
 
 def rollout_decisions(task: tuple) -> int:
