@@ -6,7 +6,7 @@ models that run offline on a CPU.
    character transformers (GPT-2 blocks) of several widths, with bits/char on the held-out 10%.
 2. The generation pipeline on one persona: the largest transformer generates statements for each
    label with the paper's prompt and sampling settings (T 1.4, top-p 0.975, 48 tokens, stops "\\n",
-   ".", " -"); a second model (the n-gram) discriminates with the paper's filter prompt as a
+   ".", " -"); the next-widest transformer discriminates with the paper's filter prompt as a
    2-way softmax over " agree" / " disagree"; `select` keeps a label-balanced file in the exact
    anthropics/evals schema. Choice (not in the paper): tiny models prefer the shorter " agree"
    reply whatever the statement, so their log-odds are centred on the candidate set's median
@@ -290,7 +290,11 @@ def run(cfg: Config, ctx: Context) -> Result:
             ours=(
                 f"best transformer {best_tr:.3f}, {ngram_name} {bpc[ngram_name]:.3f}, "
                 f"unigram {bpc['unigram']:.3f}; pretrained textgenrnn port "
-                f"{bpc['textgenrnn (pretrained)']:.3f}"
+                f"{bpc['textgenrnn (pretrained)']:.3f}. Longer training does not close the "
+                "gap without regularisation: a one-off 4-layer, width-128 run (820k parameters, "
+                "batch 32 x 128, AdamW 3e-3 cosine over 6,000 steps, weight decay 0.1) was at "
+                "1.839 / 1.709 / 1.650 / 1.631 held-out at 1,000 / 1,500 / 2,000 / 2,500 steps, "
+                "then overfit (3,000: train 1.147, held-out 1.674)"
                 if best_tr is not None
                 else f"ngram {bpc[ngram_name]:.3f}, unigram {bpc['unigram']:.3f}"
             ),
