@@ -76,3 +76,30 @@ def test_ray_executor_argument_errors(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` fails as if not installed
     with pytest.raises(ImportError, match=r'pip install "respax-sat\[ray\]"'):
         sat.ray_executor()
+
+
+def test_a_local_instance_turns_off_the_uv_run_hook_for_ray_init_only(monkeypatch):
+    """Under `uv run` Ray would start each worker with `uv run` inside a copy of the working
+    directory that lacks the ignored files; `ray_executor` turns that off while it starts a local
+    instance, restores it afterwards, and leaves a cluster or an explicit setting alone."""
+    import types
+
+    from respax.sat import _es
+
+    seen = []
+    constants = types.SimpleNamespace(RAY_ENABLE_UV_RUN_RUNTIME_ENV=True)
+    fake = types.SimpleNamespace(
+        _private=types.SimpleNamespace(ray_constants=constants),
+        is_initialized=lambda: False,
+        init=lambda address, **kw: seen.append((address, constants.RAY_ENABLE_UV_RUN_RUNTIME_ENV)),
+    )
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv("RAY_ENABLE_UV_RUN_RUNTIME_ENV", raising=False)
+    sat.ray_executor(num_cpus=1)
+    sat.ray_executor("auto")
+    monkeypatch.setenv("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "1")
+    sat.ray_executor()
+    assert seen == [(None, False), ("auto", True), (None, True)]
+    assert constants.RAY_ENABLE_UV_RUN_RUNTIME_ENV is True
+    assert isinstance(sat.ray_executor(), _es._RayExecutor)

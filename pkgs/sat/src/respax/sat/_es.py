@@ -3,8 +3,10 @@ Neuro#: antithetic Gaussian perturbations, centered-rank fitness shaping, Adam, 
 objective is the number of decisions (capped). Rollouts are CPU searches, run by an executor."""
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import multiprocessing
+import os
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
@@ -149,8 +151,32 @@ def ray_executor(
         return _RayExecutor(ray, owns_connection=False)
     if num_cpus is not None:
         ray_init["num_cpus"] = num_cpus
-    ray.init(address, **ray_init)
+    if address is None and not os.environ.get("RAY_ADDRESS"):
+        with _local_workers_use_this_interpreter(ray):
+            ray.init(address, **ray_init)
+    else:
+        ray.init(address, **ray_init)
     return _RayExecutor(ray, owns_connection=True)
+
+
+@contextlib.contextmanager
+def _local_workers_use_this_interpreter(ray: Any):
+    """Under `uv run`, `ray.init` by default copies the working directory into the session
+    folder and starts every worker with `uv run` inside that copy; that copy lacks the ignored
+    files (the virtual environment, a bootstrapped uv), so the workers fail to start. A local
+    instance's workers run on this machine and can use this interpreter as it is, so the hook
+    is off for it unless `RAY_ENABLE_UV_RUN_RUNTIME_ENV` is set explicitly."""
+    constants = getattr(getattr(ray, "_private", None), "ray_constants", None)
+    name = "RAY_ENABLE_UV_RUN_RUNTIME_ENV"
+    if constants is None or not hasattr(constants, name) or name in os.environ:
+        yield
+        return
+    before = getattr(constants, name)
+    setattr(constants, name, False)
+    try:
+        yield
+    finally:
+        setattr(constants, name, before)
 
 
 def rollout_decisions(task: tuple) -> int:
