@@ -10,12 +10,15 @@ distribution h states `r_i = h(t*) / (h(t*) + h(t_i))`, so `1/r_i - 1 = h(t_i) /
     loss_h - loss_q  ~  ln mean_i [ q(t*) (1/r_i - 1) / g(t_i) ]
 
 for any reference model q (the paper uses the generator, GPT-2 small, as q). The log of a mean
-of n terms is biased low by about `Var / (2 n mean^2)`; `estimator_bias_curve` measures it.
+of n terms is biased low by about `Var / (2 n mean^2)`; `estimator_bias_curve` measures it, and
+`bias_correction="jackknife"` removes that first-order term (the paper's estimator is the plain
+log of the mean, the default).
 """
 
 import dataclasses
 import os
 from collections.abc import Callable, Mapping, Sequence
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -157,11 +160,39 @@ def round_to_buttons(r: Float[ArrayLike, "*b"]) -> Float[Array, "*b"]:
     return jnp.clip(jnp.round(r * 10.0) / 10.0, 0.01, 0.99).astype(r.dtype)
 
 
+def _log_mean_jackknife(terms: Array, mask: Array) -> Array:
+    """Per row, the jackknife of `ln mean exp(terms)` over the masked entries: `c L - (c - 1)
+    mean_j L_(-j)` with `L_(-j)` the log-mean without entry j, computed stably (the entry that
+    holds the maximum is left out against the second largest, every other against the
+    maximum); NaN for rows with fewer than two entries."""
+    c = mask.sum(-1)
+    t = jnp.where(mask, terms, -jnp.inf)
+    top = jnp.argmax(t, axis=-1)
+    is_top = jnp.arange(t.shape[-1])[None, :] == top[:, None]
+    m1 = jnp.max(t, axis=-1, keepdims=True)
+    e1 = jnp.where(mask, jnp.exp(t - m1), 0.0)
+    s1 = e1.sum(-1, keepdims=True)
+    rest = jnp.where(is_top, -jnp.inf, t)
+    m2 = jnp.max(rest, axis=-1, keepdims=True)
+    s2 = jnp.where(mask & ~is_top, jnp.exp(rest - jnp.where(jnp.isfinite(m2), m2, 0.0)), 0.0)
+    s2 = s2.sum(-1, keepdims=True)
+    # log of the sum without entry j (j not the maximum: s1 - e1_j >= 1, no cancellation)
+    loo = jnp.where(is_top, jnp.log(s2) + m2, jnp.log(jnp.maximum(s1 - e1, 1.0)) + m1)
+    cf = c.astype(terms.dtype)
+    log_mean = jnp.log(s1[:, 0]) + m1[:, 0] - jnp.log(jnp.maximum(cf, 1.0))
+    loo_mean = jnp.sum(jnp.where(mask, loo, 0.0), -1) / jnp.maximum(cf, 1.0) - jnp.log(
+        jnp.maximum(cf - 1.0, 1.0)
+    )
+    return jnp.where(c >= 2, cf * log_mean - (cf - 1.0) * loo_mean, jnp.nan)
+
+
 def loss_gap_per_prompt(
     r: Float[ArrayLike, "P n"],
     log_gen_sampled: Float[ArrayLike, "P n"],
     log_ref_true: Float[ArrayLike, " P"],
     mask: Bool[ArrayLike, "P n"] | None = None,
+    *,
+    bias_correction: Literal["none", "jackknife"] = "none",
 ) -> Float[Array, " P"]:
     """Per prompt, `ln mean_i [ q(t*) (1/r_i - 1) / g(t_i) ]` over its answered samples: the
     estimate of `loss_h - loss_q` at that prompt (see the module docstring).
@@ -171,6 +202,9 @@ def loss_gap_per_prompt(
         log_gen_sampled: `log g(t_i)` of the sample each answer compared against.
         log_ref_true: `log q(t*)` of the reference model.
         mask: which answers exist (default all); a prompt without answers gives NaN.
+        bias_correction: `"none"` (the paper's estimator) or `"jackknife"`: the jackknife of the
+            log of the mean, which removes its `-Var / (2 n mean^2)` bias term (the rest is
+            O(1/n^2)); a prompt needs two or more answers for it and gives NaN otherwise.
 
     Example:
         >>> # h(t*) = 0.5 and h(t_1) = 0.25 give r = 2/3; t_1 was drawn with g(t_1) = 0.5, and
@@ -188,8 +222,12 @@ def loss_gap_per_prompt(
             f"expected r and log_gen_sampled [P, n] and log_ref_true [P]; got {r.shape}, "
             f"{lg.shape}, {lq.shape}."
         )
+    if bias_correction not in ("none", "jackknife"):
+        raise ValueError(f"bias_correction must be 'none' or 'jackknife', got {bias_correction!r}.")
     mask = jnp.ones(r.shape, bool) if mask is None else jnp.asarray(mask, bool)
     terms = jnp.log1p(-r) - jnp.log(r) - lg
+    if bias_correction == "jackknife":
+        return lq + _log_mean_jackknife(terms, mask)
     terms = jnp.where(mask, terms, -jnp.inf)
     count = mask.sum(-1)
     lme = jax.nn.logsumexp(terms, axis=-1) - jnp.log(jnp.maximum(count, 1))
@@ -201,11 +239,14 @@ def loss_gap(
     log_gen_sampled: Float[ArrayLike, "P n"],
     log_ref_true: Float[ArrayLike, " P"],
     mask: Bool[ArrayLike, "P n"] | None = None,
+    *,
+    bias_correction: Literal["none", "jackknife"] = "none",
 ) -> Float[Array, ""]:
     """The estimate of `loss_h - loss_q`: `loss_gap_per_prompt` averaged over the prompts that
-    have answers. Add the reference's mean loss (e.g. over 1,000 prompts, as the paper) to get
-    the player's loss; `exp` of that is their perplexity."""
-    g = loss_gap_per_prompt(r, log_gen_sampled, log_ref_true, mask)
+    have answers (two or more with `bias_correction="jackknife"`). Add the reference's mean
+    loss (e.g. over 1,000 prompts, as the paper) to get the player's loss; `exp` of that is
+    their perplexity."""
+    g = loss_gap_per_prompt(r, log_gen_sampled, log_ref_true, mask, bias_correction=bias_correction)
     return jnp.nanmean(g)
 
 
@@ -215,9 +256,12 @@ def estimator_bias_curve(
     log_ref_true: Float[ArrayLike, " P"],
     true_gap: Float[ArrayLike, ""],
     sizes: Sequence[int],
+    *,
+    bias_correction: Literal["none", "jackknife"] = "none",
 ) -> Float[Array, " S"]:
     """The estimator's bias `loss_gap(first m samples) - true_gap` for each `m` in `sizes`
-    (the paper's check with m = 1..400 simulated samples per prompt).
+    (the paper's check with m = 1..400 simulated samples per prompt; with the jackknife every
+    size must be >= 2).
 
     Example:
         >>> r = jnp.full((4, 8), 0.5); lg = jnp.zeros((4, 8)); lq = jnp.zeros(4)
@@ -231,7 +275,12 @@ def estimator_bias_curve(
         if not 1 <= m <= n:
             raise ValueError(f"each size must be in 1..{n}, got {m}.")
         mask = jnp.arange(n)[None, :] < m
-        out.append(loss_gap(r, log_gen_sampled, log_ref_true, jnp.broadcast_to(mask, r.shape)))
+        if bias_correction == "jackknife" and m < 2:
+            raise ValueError(f"the jackknife needs sizes >= 2, got {m}.")
+        mask = jnp.broadcast_to(mask, r.shape)
+        out.append(
+            loss_gap(r, log_gen_sampled, log_ref_true, mask, bias_correction=bias_correction)
+        )
     return jnp.stack(out) - jnp.asarray(true_gap)
 
 
