@@ -122,6 +122,20 @@ def test_soap_trains_a_float32_autoencoder_under_vmap_and_inject_hyperparams():
     assert np.all(np.asarray(counts) == 60)
 
 
+def test_the_eigenbasis_under_vmap_is_each_matrix_decomposed_alone():
+    """The refresh's eigh runs one matrix at a time under (nested) vmap (`lax.map`, not a
+    batched LAPACK call that deadlocked in XLA's CPU thread pool): same bases as a loop."""
+    from respax.curvature._soap import _basis
+
+    m = jax.random.normal(jax.random.key(2), (2, 3, 6, 6))
+    m = m @ jnp.swapaxes(m, -1, -2)
+    want = np.stack([[np.asarray(_basis(m[i, j])) for j in range(3)] for i in range(2)])
+    got = jax.jit(jax.vmap(jax.vmap(_basis)))(m)
+    np.testing.assert_array_equal(np.asarray(got), want)
+    hlo = jax.jit(jax.vmap(_basis)).lower(m[0]).as_text()
+    assert "while" in hlo  # the lax.map loop, not one batched call
+
+
 def test_soap_bad_input():
     with pytest.raises(ValueError, match="b1"):
         scale_by_soap(b1=1.0)

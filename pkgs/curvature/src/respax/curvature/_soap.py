@@ -47,6 +47,22 @@ __all__ = ["SOAPState", "scale_by_soap", "soap"]
 Scalar = float | Float[Array, ""]
 
 
+@jax.custom_batching.custom_vmap
+def _basis(m: Array) -> Array:
+    """The eigenvectors of a factor's symmetric part. Under `vmap` (a population of
+    optimizers, e.g. a learning-rate grid) the batch is decomposed one matrix at a time
+    (`lax.map`), not by one batched `eigh`: on CPU a batched `eigh` runs LAPACK on XLA's
+    parallel thread pool, and inside the refresh's `lax.cond` in a jitted training `scan` that
+    deadlocked (a 5-member grid of the kfac_autoencoder model never finished its first step)."""
+    return _sym_eigh(m)[1]
+
+
+@_basis.def_vmap
+def _basis_vmap(axis_size: int, in_batched: list, m: Array):
+    del axis_size, in_batched
+    return jax.lax.map(_basis, m), True
+
+
 class SOAPState(NamedTuple):
     """The state of `scale_by_soap`, one pytree of arrays.
 
@@ -191,7 +207,7 @@ def scale_by_soap(
         def eig(_):
             out = []
             for f in factors:
-                out.append({"Q" + k: _sym_eigh(v)[1].astype(v.dtype) for k, v in f.items()})
+                out.append({"Q" + k: _basis(v).astype(v.dtype) for k, v in f.items()})
             return tuple(out)
 
         due = state.count % precondition_frequency == 0 if refresh is None else refresh
