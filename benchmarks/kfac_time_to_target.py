@@ -41,7 +41,7 @@ from respax.core import BernoulliLoss  # noqa: E402
 from respax.curvature import KFACConfig, capture_layers, kfac, kfac_stats  # noqa: E402
 
 # Best learning rates of a quick-scale run of the experiment (used when no metrics.json exists).
-DEFAULT_LRS = {"sgd": 3e-3, "adam": 1e-2, "muon": 3e-2, "soap": 1e-2}
+DEFAULT_LRS = {"sgd": 3e-3, "adam": 1e-2, "muon": 3e-2, "soap": 3e-2}
 
 
 def _best_lrs() -> dict[str, float]:
