@@ -160,7 +160,7 @@ def _batch(data, step, batch_size):
 def run(cfg: Config, ctx: Context) -> Result:
     # One OpenBLAS thread while the experiment runs: XLA's CPU runtime runs the matmuls on its
     # own thread pool, and the LAPACK calls of the inverse refresh (Cholesky) spawned OpenBLAS
-    # threads that contended with it for the cores. Measured on the quick model (2-core Xeon,
+    # threads that contended with it for the cores. Measured on the quick model (2-core CPU,
     # interleaved medians): a refresh cost 84 ms inside the step with OpenBLAS's default
     # threads and 38 ms with one, the whole K-FAC update 30.5 -> 25.6 ms; Adam unchanged.
     with threadpoolctl.threadpool_limits(1, user_api="blas"):
