@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
 import json  # noqa: E402
+import os  # noqa: E402
 
 import equinox as eqx  # noqa: E402
 import jax  # noqa: E402
@@ -136,6 +137,7 @@ def main(argv=None):
 
 
 def _main(argv, default_threads: int):
+    load0 = os.getloadavg()[0]
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="chunks of 20 updates")
     parser.add_argument("--json", type=str, default=None)
@@ -293,7 +295,8 @@ def _main(argv, default_threads: int):
         "kfac_autoencoder quick model (784-256-64-16-64-256-784, batch 500, CURVES-style), each "
         "optimizer at its best grid learning rate; steady-state ms/update are medians of 3 "
         f"interleaved chunks of {chunk}; the target is the best baseline's final smoothed loss "
-        f"({target:.2f}, {best}). Shared, loaded 2-core CPU: ratios are the numbers to read. "
+        f"({target:.2f}, {best}). Shared 2-core CPU (1-minute load average {load0:.1f} before, "
+        f"{os.getloadavg()[0]:.1f} after): ratios are the numbers to read. "
         f"Versions: {out['versions']}.\n\n"
         "| optimizer | lr | ms/update | final loss | updates to target | s to target |\n"
         "|---|---|---|---|---|---|\n" + rows + "\n\n"
