@@ -48,19 +48,40 @@ Scalar = float | Float[Array, ""]
 
 
 @jax.custom_batching.custom_vmap
-def _basis(m: Array) -> Array:
-    """The eigenvectors of a factor's symmetric part. Under `vmap` (a population of
-    optimizers, e.g. a learning-rate grid) the batch is decomposed one matrix at a time
-    (`lax.map`), not by one batched `eigh`: on CPU a batched `eigh` runs LAPACK on XLA's
-    parallel thread pool, and inside the refresh's `lax.cond` in a jitted training `scan` that
-    deadlocked (a 5-member grid of the kfac_autoencoder model never finished its first step)."""
-    return _sym_eigh(m)[1]
+def _eigh_one_at_a_time(m: Array) -> tuple[Array, Array]:
+    """`_sym_eigh`, but under `vmap` (a population of optimizers, e.g. a learning-rate grid)
+    the batch is decomposed one matrix at a time (`lax.map`), not by one batched `eigh`: on CPU
+    a batched `eigh` runs LAPACK on XLA's parallel thread pool, and inside the refresh's
+    `lax.cond` in a jitted training `scan` that deadlocked (a 5-member grid of the
+    kfac_autoencoder model never finished its first step)."""
+    w, v = _sym_eigh(m)
+    return w, v
 
 
-@_basis.def_vmap
-def _basis_vmap(axis_size: int, in_batched: list, m: Array):
+@_eigh_one_at_a_time.def_vmap
+def _eigh_one_at_a_time_vmap(axis_size: int, in_batched: list, m: Array):
     del axis_size, in_batched
-    return jax.lax.map(_basis, m), True
+    return jax.lax.map(_eigh_one_at_a_time, m), (True, True)
+
+
+@jax.custom_jvp
+def _basis(m: Array) -> Array:
+    """The eigenvectors of a factor's symmetric part (`_eigh_one_at_a_time`), differentiable:
+    `custom_vmap` has no reverse mode of its own, so the derivative is given here (eigh's,
+    `dV = V (F * (V^T dM V))` with `F_ij = 1 / (w_j - w_i)` off the diagonal), which keeps
+    gradients through SOAP's update (e.g. with respect to the learning rate) working."""
+    return _eigh_one_at_a_time(m)[1]
+
+
+@_basis.defjvp
+def _basis_jvp(primals, tangents):
+    (m,), (dm,) = primals, tangents
+    w, v = _eigh_one_at_a_time(m)
+    eye = jnp.eye(w.shape[-1], dtype=bool)
+    gap = w[None, :] - w[:, None]
+    f = jnp.where(eye, 0.0, 1.0 / jnp.where(eye, 1.0, gap))
+    dm = 0.5 * (dm + dm.T)
+    return v, v @ (f * (v.T @ dm @ v))
 
 
 class SOAPState(NamedTuple):
