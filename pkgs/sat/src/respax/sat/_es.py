@@ -151,24 +151,22 @@ def ray_executor(
         return _RayExecutor(ray, owns_connection=False)
     if num_cpus is not None:
         ray_init["num_cpus"] = num_cpus
-    if address is None and not os.environ.get("RAY_ADDRESS"):
-        with _local_workers_use_this_interpreter(ray):
-            ray.init(address, **ray_init)
-    else:
+    local = address is None and not os.environ.get("RAY_ADDRESS")
+    with _local_workers_use_this_interpreter(ray, local):
         ray.init(address, **ray_init)
     return _RayExecutor(ray, owns_connection=True)
 
 
 @contextlib.contextmanager
-def _local_workers_use_this_interpreter(ray: Any):
+def _local_workers_use_this_interpreter(ray: Any, local: bool):
     """Under `uv run`, `ray.init` by default copies the working directory into the session
     folder and starts every worker with `uv run` inside that copy; that copy lacks the ignored
     files (the virtual environment, a bootstrapped uv), so the workers fail to start. A local
     instance's workers run on this machine and can use this interpreter as it is, so the hook
-    is off for it unless `RAY_ENABLE_UV_RUN_RUNTIME_ENV` is set explicitly."""
+    is off for it (`local`) unless `RAY_ENABLE_UV_RUN_RUNTIME_ENV` is set explicitly."""
     constants = getattr(getattr(ray, "_private", None), "ray_constants", None)
     name = "RAY_ENABLE_UV_RUN_RUNTIME_ENV"
-    if constants is None or not hasattr(constants, name) or name in os.environ:
+    if not local or constants is None or not hasattr(constants, name) or name in os.environ:
         yield
         return
     before = getattr(constants, name)
